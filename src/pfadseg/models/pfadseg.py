@@ -1,0 +1,88 @@
+"""The PFADSeg model: frozen teacher, denoising student and segmentation network in one module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfadseg.models.config import ModelConfig
+from pfadseg.models.segmentation import SegmentationNet
+from pfadseg.models.student import Student
+from pfadseg.models.teachers import Teacher, build_teacher
+
+
+def cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Per-pixel 1 − cos(t, s) over channels, (N, C, H, W) → (N, 1, H, W), computed in float32."""
+    return 1 - F.cosine_similarity(t.float(), s.float(), dim=1).unsqueeze(1)
+
+
+def fuse_features(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
+    """The segmentation input: per level −t̂ ⊙ ŝ (channel-normalised), resized to the 1/4 grid and concatenated."""
+    size = teacher_feats[0].shape[-2:]
+    return torch.cat(
+        [
+            F.interpolate(-F.normalize(t, dim=1) * F.normalize(s, dim=1), size=size, mode="bilinear", align_corners=False)
+            for t, s in zip(teacher_feats, student_feats)
+        ],
+        dim=1,
+    )
+
+
+class PFADSeg(nn.Module):
+    """Teacher encoder + student decoder + guided segmentation network.
+
+    Images enter as RGB floats in [0, 1]; the teacher's own normalisation is applied inside, so
+    the student sees exactly what the teacher sees.
+    """
+
+    def __init__(self, config: ModelConfig, teacher: Teacher) -> None:
+        super().__init__()
+        self.config = config
+        self.teacher = teacher
+        self.student = Student(teacher.channels, config.block, config.zero_init_last_bn)
+        self.segmentation = SegmentationNet(sum(teacher.channels), config.block, config.head)
+
+    def _features(self, x01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher and student features of the same image (no gradients: for stage 2 and inference)."""
+        x = self.teacher.normalize(x01)
+        with torch.no_grad():
+            return self.teacher.features(x), self.student(x)
+
+    def distillation_maps(self, clean: torch.Tensor, synthetic: torch.Tensor) -> list[torch.Tensor]:
+        """Stage 1: per-level cosine distances, teacher on the clean image vs student on the synthetic one."""
+        with torch.no_grad():
+            teacher_feats = self.teacher(clean)
+        student_feats = self.student(self.teacher.normalize(synthetic))
+        return [cosine_distance(t, s) for t, s in zip(teacher_feats, student_feats)]
+
+    def segment(self, x01: torch.Tensor) -> torch.Tensor:
+        """Stage 2 / inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4)."""
+        return self.segmentation(fuse_features(*self._features(x01)))
+
+    def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
+        """Diagnostic map: product over levels of the cosine distances (at 1/4 size), student and teacher on x."""
+        teacher_feats, student_feats = self._features(x01)
+        size = teacher_feats[0].shape[-2:]
+        maps = [
+            F.interpolate(cosine_distance(t, s), size=size, mode="bilinear", align_corners=False)
+            for t, s in zip(teacher_feats, student_feats)
+        ]
+        return torch.stack(maps, dim=0).prod(dim=0)
+
+    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Mean of the ``top_k`` highest pixels of each (N, 1, H, W) map → (N,)."""
+        k = min(self.config.top_k, anomaly_map[0].numel())
+        return anomaly_map.flatten(1).float().topk(k, dim=1).values.mean(dim=1)
+
+    def forward(self, x01: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
+        p = self.segment(x01)
+        size = tuple(x01.shape[-2:]) if output_size is None else output_size
+        anomaly_map = F.interpolate(p.float(), size=size, mode="bilinear", align_corners=False)
+        return anomaly_map, self.image_score(anomaly_map)
+
+
+def build_model(config: ModelConfig, pretrained: bool = True, teacher_weights: str | None = None) -> PFADSeg:
+    """A fresh model (random student and segmentation net) around the configured teacher."""
+    return PFADSeg(config, build_teacher(config.teacher, pretrained=pretrained, weights=teacher_weights))

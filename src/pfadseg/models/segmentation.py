@@ -1,0 +1,43 @@
+"""The segmentation network (SPEC section 5): two PA blocks, then an RCM (or ASPP) head, sigmoid output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pfadseg.models.aspp import ASPP
+from pfadseg.models.layers import conv_bn_relu, kaiming_init
+from pfadseg.models.pa_block import BlockConfig, pa_layer
+from pfadseg.models.rcm import RCM
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The head: ``rcm`` (PFADSeg) or ``aspp`` (DeSTSeg)."""
+
+    kind: Literal["rcm", "aspp"] = "rcm"
+    rcm_layer_scale: float = 1e-6
+    rcm_band_kernel: int = 11
+    aspp_rates: tuple[int, ...] = (6, 12, 18)
+
+
+class SegmentationNet(nn.Module):
+    """Fused teacher–student similarities (``in_channels`` at 1/4 size) → anomaly probability (1 channel)."""
+
+    def __init__(self, in_channels: int, block: BlockConfig, head: HeadConfig, width: int = 256) -> None:
+        super().__init__()
+        self.res = pa_layer(in_channels, width, 2, 1, block)
+        if head.kind == "rcm":
+            attention: nn.Module = RCM(width, head.rcm_layer_scale, head.rcm_band_kernel)
+        elif head.kind == "aspp":
+            attention = ASPP(width, head.aspp_rates)
+        else:
+            raise ValueError(f"unknown head {head.kind!r}: expected 'rcm' or 'aspp'")
+        self.head = nn.Sequential(attention, conv_bn_relu(width, width, 3), nn.Conv2d(width, 1, 1))
+        kaiming_init(self)  # DeSTSeg initialises the whole network so; RCM's layer scale is kept.
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.res(x)))

@@ -1,0 +1,188 @@
+"""The network: exact sizes of the DeSTSeg baseline, shapes, each block's defining property, and who learns when."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pfadseg.cli import main
+from pfadseg.models import build_model, model_preset
+from pfadseg.models.aff import AFF
+from pfadseg.models.aspp import ASPP
+from pfadseg.models.config import ModelConfig
+from pfadseg.models.pa_block import BlockConfig, PABlock
+from pfadseg.models.pcar import PCAR, SPR
+from pfadseg.models.rcm import RCM
+from pfadseg.models.segmentation import HeadConfig
+from pfadseg.training.losses import cosine_loss, segmentation_loss
+
+
+@pytest.fixture(scope="module")
+def resnet_model():
+    torch.manual_seed(0)
+    return build_model(model_preset("pfadseg", "resnet18"), pretrained=False)
+
+
+def test_destseg_preset_has_official_parameter_counts(capsys):
+    assert main(["info", "--preset", "destseg", "--teacher", "resnet18", "--no-pretrained", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # Official DeSTSeg: teacher stem+layer1-3 = 9,408+128 + 147,968 + 525,568 + 2,099,712;
+    # student = timm resnet18 features (11,176,512) + reversed decoder (13,488,512);
+    # segmentation = 2 BasicBlocks 448→256 (2,918,912) + ASPP (4,196,864) + 3×3 conv/BN (590,336) + 1×1 (257).
+    assert info["parameters"] == {"teacher": 2_782_784, "student": 24_665_024, "segmentation": 7_706_369}
+
+
+def test_shapes_for_256_input_with_resnet18_teacher(resnet_model):
+    model = resnet_model.eval()
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        t_feats = model.teacher(x)
+        s_feats = model.student(model.teacher.normalize(x))
+        p = model.segment(x)
+    expected = [(64, 64, 64), (128, 32, 32), (256, 16, 16)]
+    assert [tuple(f.shape[1:]) for f in t_feats] == expected
+    assert [tuple(f.shape[1:]) for f in s_feats] == expected
+    assert model.segmentation.res[0].conv1.in_channels == 448
+    assert p.shape == (2, 1, 64, 64)
+    assert torch.all((p > 0) & (p < 1))
+
+
+def test_student_adapts_to_teacher_channels():
+    model = build_model(model_preset("pfadseg", "efficientnet_lite0"), pretrained=False).eval()
+    with torch.no_grad():
+        feats = model.student(torch.rand(1, 3, 128, 128))
+    assert [f.shape[1] for f in feats] == [24, 40, 112]
+    assert model.segmentation.res[0].conv1.in_channels == 24 + 40 + 112
+
+
+def test_aff_with_half_weight_is_the_plain_sum(monkeypatch):
+    aff = AFF(16)
+    y, z = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    monkeypatch.setattr(aff, "weight", lambda y, z: torch.full_like(y, 0.5))
+    torch.testing.assert_close(aff(y, z), y + z)
+
+
+def test_aff_weight_depends_on_input():
+    aff = AFF(16).eval()
+    y, z = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    w = aff.weight(y, z)
+    assert torch.all((w > 0) & (w < 1)) and w.std() > 0
+
+
+def test_pcar_branch_weights_sum_to_one_per_channel():
+    pcar = PCAR(32, kernel_sizes=(3, 3, 3), dilations=(1, 2, 3))
+    x = torch.randn(3, 32, 12, 12)
+    feats = torch.stack([b(x) for b in pcar.branches], dim=1)
+    weights = pcar.branch_weights(feats)
+    assert weights.shape == (3, 3, 32, 1, 1)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(3, 32, 1, 1))
+    assert pcar(x).shape == x.shape
+
+
+def test_pcar_kernels_and_dilations_are_configurable():
+    pcar = PCAR(8, kernel_sizes=(3, 5), dilations=(1, 1))
+    assert [b[0].kernel_size for b in pcar.branches] == [(3, 3), (5, 5)]
+    assert pcar(torch.randn(2, 8, 9, 9)).shape == (2, 8, 9, 9)
+    with pytest.raises(ValueError):
+        PCAR(8, kernel_sizes=(3, 3), dilations=(1,))
+
+
+def test_spr_outputs_lie_in_open_unit_interval():
+    spr = SPR(48)
+    w = spr(torch.randn(4, 48, 10, 10) * 10)
+    assert w.shape == (4, 48, 1, 1)
+    assert torch.all((w > 0) & (w < 1))
+
+
+def test_rcm_with_tiny_layer_scale_is_nearly_identity():
+    x = torch.randn(2, 32, 16, 16)
+    tiny = RCM(32, layer_scale=1e-6).eval()
+    torch.testing.assert_close(tiny(x), x, atol=1e-4, rtol=0)
+    large = RCM(32, layer_scale=1.0).eval()
+    assert (large(x) - x).abs().max() > 1e-2
+
+
+def test_aspp_keeps_shape():
+    assert ASPP(16, (1, 2, 3)).eval()(torch.randn(2, 16, 20, 20)).shape == (2, 16, 20, 20)
+
+
+TABLE4_ROWS = {  # (aff, pcar, head) of the paper's ablation rows
+    "baseline": (False, False, "aspp"),
+    "+RCM": (False, False, "rcm"),
+    "+AFF": (True, False, "aspp"),
+    "+PCAR": (False, True, "aspp"),
+    "RCM+PCAR": (False, True, "rcm"),
+    "AFF+PCAR": (True, True, "aspp"),
+    "all three": (True, True, "rcm"),
+}
+
+
+@pytest.mark.parametrize("row", TABLE4_ROWS)
+def test_each_ablation_row_is_reachable_by_flags(row):
+    aff, pcar, head = TABLE4_ROWS[row]
+    config = ModelConfig(teacher="resnet18", block=BlockConfig(aff=aff, pcar=pcar), head=HeadConfig(kind=head))
+    model = build_model(config, pretrained=False)
+    blocks = [m for m in model.modules() if isinstance(m, PABlock)]
+    assert len(blocks) == 8 + 8 + 2  # encoder, decoder, segmentation body
+    assert all((b.fuse is not None) == aff for b in blocks)
+    assert all(isinstance(b.conv2, PCAR) == pcar for b in blocks)
+    assert isinstance(model.segmentation.head[0], RCM if head == "rcm" else ASPP)
+
+
+def test_presets_differ_exactly_in_the_three_modules():
+    pfadseg, destseg = model_preset("pfadseg"), model_preset("destseg")
+    assert (pfadseg.block.aff, pfadseg.block.pcar, pfadseg.head.kind) == (True, True, "rcm")
+    assert (destseg.block.aff, destseg.block.pcar, destseg.head.kind) == (False, False, "aspp")
+
+
+def test_zero_init_of_last_bn_is_a_flag():
+    on = build_model(ModelConfig(teacher="resnet18", zero_init_last_bn=True), pretrained=False)
+    off = build_model(ModelConfig(teacher="resnet18", zero_init_last_bn=False), pretrained=False)
+    assert all(torch.all(b.bn2.weight == 0) for b in on.student.encoder.modules() if isinstance(b, PABlock))
+    assert all(torch.all(b.bn2.weight == 1) for b in off.student.encoder.modules() if isinstance(b, PABlock))
+
+
+def _grads(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_stage1_trains_only_student_and_stage2_only_segmentation():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(teacher="resnet18"), pretrained=False)
+    model.train()
+    teacher_buffers = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    clean, synthetic = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+
+    cosine_loss(model.distillation_maps(clean, synthetic)).backward()
+    assert _grads(model.student)
+    assert not _grads(model.segmentation) and not _grads(model.teacher)
+
+    model.zero_grad(set_to_none=True)
+    mask = (torch.rand(2, 1, 64, 64) > 0.7).float()
+    segmentation_loss(model.segment(synthetic), mask).backward()
+    assert _grads(model.segmentation)
+    assert not _grads(model.student) and not _grads(model.teacher)
+
+    assert not model.teacher.training
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_buffers[k]), f"teacher buffer {k} changed"
+
+
+def test_inference_map_and_score(resnet_model):
+    model = resnet_model.eval()
+    with torch.no_grad():
+        amap, score = model(torch.rand(3, 3, 128, 128), output_size=(256, 256))
+    assert amap.shape == (3, 1, 256, 256) and score.shape == (3,)
+    expected = amap.flatten(1).topk(100, dim=1).values.mean(dim=1)
+    torch.testing.assert_close(score, expected)
+
+
+def test_forward_under_bf16_autocast(resnet_model):
+    model = resnet_model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        amap, score = model(torch.rand(2, 3, 64, 64))
+        st = model.student_teacher_map(torch.rand(2, 3, 64, 64))
+    assert amap.dtype == torch.float32 and torch.isfinite(amap).all() and torch.isfinite(score).all()
+    assert st.shape == (2, 1, 16, 16)
