@@ -1,0 +1,64 @@
+"""Per-category augmentation of the normal training image (SPEC section 7, last bullet).
+
+Applied before the synthesis, so teacher and student see the same geometry:
+
+* random multiple of 90 degrees, then a uniform angle in ±5 degrees: bottle, carpet, grid,
+  hazelnut, leather, screw, tile;
+* only ±5 degrees: cable, wood, zipper;
+* nothing: capsule, metal_nut, pill, toothbrush, transistor, and any other name.
+
+Pixels rotated in from outside the image get the grey 114/255. Both rotations are done in one
+bilinear resampling (a multiple of 90 degrees alone is exact on square images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pfadseg.data.geometry import rotate
+
+ROTATE90_CATEGORIES = frozenset({"bottle", "carpet", "grid", "hazelnut", "leather", "screw", "tile"})
+SMALL_ROTATION_CATEGORIES = frozenset({"cable", "wood", "zipper"})
+FILL_GREY = 114.0 / 255.0
+
+
+@dataclass
+class NormalAugmentation:
+    """Random rotation of the normal images: a multiple of 90° (``rotate90``) plus U(±max_degrees)."""
+
+    rotate90: bool = False
+    max_degrees: float = 0.0
+    fill: float = FILL_GREY
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this augmentation changes anything."""
+        return self.rotate90 or self.max_degrees > 0
+
+    def angles(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw the rotation angles (degrees, counter-clockwise) for ``batch`` images."""
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        quarter = torch.randint(0, 4, (batch,), generator=generator, device=gdev).float()
+        small = (torch.rand(batch, generator=generator, device=gdev) * 2.0 - 1.0) * self.max_degrees
+        return (90.0 * quarter if self.rotate90 else torch.zeros(batch, device=gdev)) + small
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment float images ``(B, C, H, W)`` in [0, 1]; returns the input when disabled."""
+        if not self.enabled or images.shape[0] == 0:
+            return images
+        if not images.is_floating_point():
+            raise ValueError("images must be a float tensor in [0, 1]")
+        degrees = self.angles(images.shape[0], generator).to(images.device)
+        return rotate(images, degrees, fill=self.fill)
+
+
+def augmentation_for_category(name: str | None) -> NormalAugmentation:
+    """The MVTec augmentation of category ``name`` (unknown names get none)."""
+    key = (name or "").strip().lower()
+    if key in ROTATE90_CATEGORIES:
+        return NormalAugmentation(rotate90=True, max_degrees=5.0)
+    if key in SMALL_ROTATION_CATEGORIES:
+        return NormalAugmentation(rotate90=False, max_degrees=5.0)
+    return NormalAugmentation()

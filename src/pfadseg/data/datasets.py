@@ -1,0 +1,441 @@
+"""Datasets as lists of samples: the MVTec AD layout and a generic folder layout.
+
+MVTec AD layout (``load_mvtec``)::
+
+    ROOT/<category>/train/good/*.png
+    ROOT/<category>/test/good/*.png
+    ROOT/<category>/test/<defect_type>/*.png
+    ROOT/<category>/ground_truth/<defect_type>/<stem>_mask.png
+
+Folder layout (``load_folder``, in the manner of anomalib's ``Folder`` dataset): one folder of
+normal images and one or more folders of defective images under a root; each defective image
+has a mask, either beside it (same stem, ``mask_suffix`` + ``mask_ext``) or in a separate
+folder ``mask_dir`` that mirrors the paths of the images under the root. The normal images are
+split into train and test by ``split``:
+
+* ``every:K``         sorted by file name, index ``i`` with ``i % K == 0`` goes to test;
+* ``random:F:SEED``   a fraction ``F`` of the normal images, drawn with ``SEED``, goes to test;
+* ``list:FILE``       the normal images named in ``FILE`` (one per line, a path relative to the
+                      root or a bare file name; ``#`` comments) go to test;
+* or give ``normal_test_dir``: every image of ``normal_dir`` trains, every image of
+  ``normal_test_dir`` tests (``split`` is then ignored).
+
+All defective images go to test.
+
+Proposed command-line flags (``pfadseg train --format folder``), one per :class:`FolderSpec`
+field, all strings exactly as :func:`folder_spec_from_args` takes them::
+
+    --data ROOT                  dataset root (FolderSpec.root)
+    --format folder
+    --normal-dir DIR             folder of normal images, relative to ROOT
+    --abnormal-dirs PATTERNS     comma-separated folder names or globs relative to ROOT
+                                 ('MT_*' matches every MT_ folder except the normal one)
+    --normal-test-dir DIR        optional: separate folder of normal test images
+    --images-subdir SUB          optional: images sit in <class dir>/SUB (e.g. Imgs)
+    --image-ext EXTS             comma-separated image extensions (default: all image types)
+    --mask-dir DIR               optional: mask tree mirroring the image folders under ROOT
+                                 (default: masks beside their images)
+    --mask-suffix SUFFIX         added to the image stem (default: none; MVTec-like: _mask)
+    --mask-ext EXT               mask extension (default .png)
+    --split SPEC                 every:K | random:FRACTION:SEED | list:FILE (default every:5)
+    --binarize-at N              mask threshold on 0..255 values (default 128)
+    --name NAME                  dataset name in reports (default: ROOT's folder name)
+
+Magnetic Tile (``../shared/data/magnetic_tile``) loads without converting any file::
+
+    pfadseg train --format folder --data ../shared/data/magnetic_tile \\
+        --normal-dir MT_Free --abnormal-dirs 'MT_*' --images-subdir Imgs \\
+        --image-ext .jpg --mask-ext .png --split every:5
+
+which gives 761 train images, 191 good and 392 defective test images (see
+:func:`magnetic_tile_spec`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from pfadseg.data.images import check_mask_matches
+from pfadseg.errors import PfadsegError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+"""File extensions read as images (compared case-insensitively)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    ``rel_path`` is the path shown in reports, e.g. ``"broken_large/000.png"`` for MVTec test
+    images (relative to ``test/``) or ``"MT_Crack/Imgs/x.jpg"`` for folder datasets (relative to
+    the root).
+    """
+
+    image_path: Path
+    label: int  # 0 good, 1 defective
+    defect_type: str  # "good" or the defect class name
+    mask_path: Path | None
+    rel_path: str
+
+
+@dataclass
+class DatasetSplits:
+    """Train (normal images only) and test samples of one dataset or category.
+
+    ``binarize_at`` is the mask threshold to pass to :func:`~pfadseg.data.images.load_masks`.
+    """
+
+    name: str
+    train: list[Sample]
+    test: list[Sample]
+    binarize_at: int = 128
+
+    def defect_types(self) -> list[str]:
+        """Sorted defect types present in the test set (without ``"good"``)."""
+        return sorted({s.defect_type for s in self.test if s.label})
+
+    def summary(self) -> str:
+        """One line: counts of train, test good, test defective per type."""
+        good = sum(1 for s in self.test if not s.label)
+        per_type = ", ".join(
+            f"{t} {sum(1 for s in self.test if s.defect_type == t)}" for t in self.defect_types()
+        )
+        bad = len(self.test) - good
+        return (
+            f"{self.name}: {len(self.train)} train, {len(self.test)} test "
+            f"({good} good, {bad} defective{': ' + per_type if per_type else ''})"
+        )
+
+
+def _normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
+    """Lower-case extensions with a leading dot; ``None`` or empty means all image types."""
+    if not extensions:
+        return IMAGE_EXTENSIONS
+    out = []
+    for ext in extensions:
+        ext = ext.strip().lower()
+        if not ext:
+            continue
+        out.append(ext if ext.startswith(".") else "." + ext)
+    return tuple(out) or IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path, extensions: Iterable[str] | None = None) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), sorted by file name."""
+    exts = _normalise_extensions(extensions)
+    files = [
+        p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file() and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: (p.name, str(p)))
+
+
+def _require_dir(path: Path, what: str) -> None:
+    """Raise a one-line error when ``path`` is not a directory."""
+    if not path.is_dir():
+        raise PfadsegError(f"{path}: {what} folder does not exist")
+
+
+# --------------------------------------------------------------------------- MVTec AD
+
+
+def mvtec_categories(root: str | os.PathLike) -> list[str]:
+    """Category folders under an MVTec-layout root (those with a ``train`` or ``test`` folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir())
+    )
+
+
+def _find_mvtec_mask(gt_dir: Path, stem: str) -> Path | None:
+    """``<stem>_mask.png`` in ``gt_dir``, or the same stem with another image extension."""
+    for ext in (".png",) + tuple(e for e in IMAGE_EXTENSIONS if e != ".png"):
+        for candidate in (gt_dir / f"{stem}_mask{ext}", gt_dir / f"{stem}_mask{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_mvtec(root: str | os.PathLike, category: str, check_masks: bool = True) -> DatasetSplits:
+    """Samples of one MVTec AD category under ``root`` (see the module docstring for the layout).
+
+    ``check_masks`` compares the native size of every mask with its image's (header reads only).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PfadsegError(f"{root}: dataset root does not exist")
+    cat_dir = root / category
+    if not category or not cat_dir.is_dir():
+        available = mvtec_categories(root)
+        listing = ", ".join(available) if available else "none found"
+        raise PfadsegError(f"{cat_dir}: unknown category {category!r} (available under {root}: {listing})")
+
+    train_dir = cat_dir / "train" / "good"
+    _require_dir(train_dir, "training")
+    train = [
+        Sample(p, 0, "good", None, f"good/{p.name}") for p in list_images(train_dir)
+    ]
+    if not train:
+        raise PfadsegError(f"{train_dir}: no training images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+
+    test_dir = cat_dir / "test"
+    _require_dir(test_dir, "test")
+    test: list[Sample] = []
+    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        defect_type = type_dir.name
+        for img in list_images(type_dir):
+            rel = f"{defect_type}/{img.name}"
+            if defect_type == "good":
+                test.append(Sample(img, 0, "good", None, rel))
+                continue
+            gt_dir = cat_dir / "ground_truth" / defect_type
+            mask = _find_mvtec_mask(gt_dir, img.stem)
+            if mask is None:
+                expected = gt_dir / f"{img.stem}_mask.png"
+                raise PfadsegError(f"{img}: defective image has no mask (expected {expected})")
+            if check_masks:
+                check_mask_matches(img, mask)
+            test.append(Sample(img, 1, defect_type, mask, rel))
+    if not test:
+        raise PfadsegError(f"{test_dir}: no test images")
+    return DatasetSplits(category, train, test)
+
+
+# --------------------------------------------------------------------------- folder layout
+
+
+@dataclass
+class FolderSpec:
+    """A folder dataset: see the module docstring for the layout and the matching CLI flags."""
+
+    root: Path
+    normal_dir: str
+    abnormal_dirs: list[str]
+    mask_dir: str | None = None
+    mask_suffix: str = ""
+    mask_ext: str = ".png"
+    images_subdir: str = ""
+    image_ext: tuple[str, ...] = ()
+    split: str = "every:5"
+    normal_test_dir: str | None = None
+    binarize_at: int = 128
+    name: str | None = None
+    check_masks: bool = True
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.abnormal_dirs = list(self.abnormal_dirs)
+        self.image_ext = _normalise_extensions(self.image_ext)
+        if not self.mask_ext.startswith("."):
+            self.mask_ext = "." + self.mask_ext
+
+
+def parse_split(split: str) -> tuple[str, tuple]:
+    """Parse ``every:K`` / ``random:FRACTION:SEED`` / ``list:FILE`` into ``(kind, args)``."""
+    kind, _, rest = split.strip().partition(":")
+    try:
+        if kind == "every":
+            k = int(rest)
+            if k < 1:
+                raise ValueError
+            return kind, (k,)
+        if kind == "random":
+            frac_s, _, seed_s = rest.partition(":")
+            frac, seed = float(frac_s), int(seed_s or 0)
+            if not 0.0 < frac < 1.0:
+                raise ValueError
+            return kind, (frac, seed)
+        if kind == "list" and rest:
+            return kind, (rest,)
+    except ValueError:
+        pass
+    raise PfadsegError(
+        f"invalid split {split!r}: use every:K (K >= 1), random:FRACTION:SEED (0 < FRACTION < 1) or list:FILE"
+    )
+
+
+def _split_normals(normals: list[Path], root: Path, split: str) -> tuple[list[Path], list[Path]]:
+    """Split normal images into (train, test) according to ``split``."""
+    kind, args = parse_split(split)
+    ordered = sorted(normals, key=lambda p: (p.name, str(p)))
+    if kind == "every":
+        (k,) = args
+        test = set(ordered[::k])
+    elif kind == "random":
+        frac, seed = args
+        n_test = max(1, round(frac * len(ordered)))
+        test = set(random.Random(seed).sample(ordered, n_test)) if ordered else set()
+    else:
+        (list_file,) = args
+        list_path = Path(list_file)
+        if not list_path.is_absolute() and not list_path.is_file():
+            list_path = root / list_path
+        if not list_path.is_file():
+            raise PfadsegError(f"{list_path}: split list file does not exist")
+        names = {
+            line.strip()
+            for line in list_path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        }
+        test = {p for p in ordered if p.name in names or p.relative_to(root).as_posix() in names}
+        known = {p.name for p in ordered} | {p.relative_to(root).as_posix() for p in ordered}
+        unknown = sorted(names - known)
+        if unknown:
+            raise PfadsegError(f"{list_path}: lists {len(unknown)} image(s) not among the normal images, e.g. {unknown[0]}")
+    train = [p for p in ordered if p not in test]
+    return train, [p for p in ordered if p in test]
+
+
+def _class_images(spec: FolderSpec, class_dir: Path) -> list[Path]:
+    """Images of one class folder (inside ``images_subdir`` when set), masks left out."""
+    folder = class_dir / spec.images_subdir if spec.images_subdir else class_dir
+    _require_dir(folder, "image")
+    images = list_images(folder, spec.image_ext)
+    if spec.mask_dir is None and spec.mask_suffix:  # masks sit beside the images: skip them
+        ending = f"{spec.mask_suffix}{spec.mask_ext}".lower()
+        images = [p for p in images if not p.name.lower().endswith(ending)]
+    return images
+
+
+def _abnormal_class_dirs(spec: FolderSpec) -> list[Path]:
+    """Resolve the abnormal folder names/globs, leaving out the normal and mask folders."""
+    excluded = {(spec.root / d).resolve() for d in (spec.normal_dir, spec.normal_test_dir, spec.mask_dir) if d}
+    found: dict[Path, None] = {}
+    for pattern in spec.abnormal_dirs:
+        pattern = pattern.strip()
+        if not pattern:
+            continue
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(p for p in spec.root.glob(pattern) if p.is_dir() and p.resolve() not in excluded)
+            if not matches:
+                raise PfadsegError(f"{spec.root}: no abnormal folder matches {pattern!r}")
+        else:
+            path = spec.root / pattern
+            _require_dir(path, "abnormal")
+            matches = [path]
+        for m in matches:
+            found[m] = None
+    if not found:
+        raise PfadsegError(f"{spec.root}: no abnormal folders given")
+    return sorted(found, key=lambda p: p.relative_to(spec.root).as_posix())
+
+
+def _folder_mask_path(spec: FolderSpec, image: Path) -> Path:
+    """Where the mask of ``image`` is expected."""
+    name = f"{image.stem}{spec.mask_suffix}{spec.mask_ext}"
+    if spec.mask_dir is None:
+        return image.with_name(name)
+    rel_parent = image.parent.relative_to(spec.root)
+    return spec.root / spec.mask_dir / rel_parent / name
+
+
+def _find_folder_mask(spec: FolderSpec, image: Path) -> Path:
+    """The mask file of ``image`` (extension matched case-insensitively) or a one-line error."""
+    expected = _folder_mask_path(spec, image)
+    if expected.is_file():
+        return expected
+    alt = expected.with_suffix(expected.suffix.upper())
+    if alt.is_file():
+        return alt
+    raise PfadsegError(f"{image}: defective image has no mask (expected {expected})")
+
+
+def load_folder(spec: FolderSpec) -> DatasetSplits:
+    """Samples of a folder dataset described by ``spec`` (see the module docstring)."""
+    root = spec.root
+    if not root.is_dir():
+        raise PfadsegError(f"{root}: dataset root does not exist")
+    if spec.mask_ext.lower() in spec.image_ext and spec.mask_dir is None and not spec.mask_suffix:
+        raise PfadsegError(
+            f"{root}: masks beside images with the same stem need a mask extension ({spec.mask_ext}) "
+            "that is not an image extension: set the image extensions (e.g. .jpg) or a mask suffix"
+        )
+    normal_dir = root / spec.normal_dir
+    _require_dir(normal_dir, "normal")
+    normals = _class_images(spec, normal_dir)
+    if not normals:
+        raise PfadsegError(f"{normal_dir}: no normal images (extensions {', '.join(spec.image_ext)})")
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    if spec.normal_test_dir:
+        train_paths = normals
+        test_good = _class_images(spec, root / spec.normal_test_dir)
+    else:
+        train_paths, test_good = _split_normals(normals, root, spec.split)
+    if not train_paths:
+        raise PfadsegError(f"{normal_dir}: the split {spec.split!r} leaves no training images")
+
+    train = [Sample(p, 0, "good", None, rel(p)) for p in train_paths]
+    test = [Sample(p, 0, "good", None, rel(p)) for p in test_good]
+    for class_dir in _abnormal_class_dirs(spec):
+        defect_type = class_dir.relative_to(root).as_posix()
+        images = _class_images(spec, class_dir)
+        if not images:
+            raise PfadsegError(f"{class_dir}: no images (extensions {', '.join(spec.image_ext)})")
+        for img in images:
+            mask = _find_folder_mask(spec, img)
+            if spec.check_masks:
+                check_mask_matches(img, mask)
+            test.append(Sample(img, 1, defect_type, mask, rel(img)))
+    return DatasetSplits(spec.name or root.name, train, test, binarize_at=spec.binarize_at)
+
+
+def _split_csv(value: str | Sequence[str] | None) -> list[str]:
+    """Comma-separated string (or list) to a list of non-empty stripped items."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [v.strip() for v in items if v and v.strip()]
+
+
+def folder_spec_from_args(
+    root: str | os.PathLike,
+    *,
+    normal_dir: str,
+    abnormal_dirs: str | Sequence[str],
+    images_subdir: str | None = None,
+    image_ext: str | Sequence[str] | None = None,
+    mask_dir: str | None = None,
+    mask_suffix: str | None = None,
+    mask_ext: str | None = None,
+    split: str | None = None,
+    normal_test_dir: str | None = None,
+    binarize_at: int | None = None,
+    name: str | None = None,
+) -> FolderSpec:
+    """Build a :class:`FolderSpec` from command-line strings (``None`` = the default)."""
+    return FolderSpec(
+        root=Path(root),
+        normal_dir=normal_dir,
+        abnormal_dirs=_split_csv(abnormal_dirs),
+        mask_dir=mask_dir or None,
+        mask_suffix=mask_suffix or "",
+        mask_ext=mask_ext or ".png",
+        images_subdir=images_subdir or "",
+        image_ext=tuple(_split_csv(image_ext)),
+        split=split or "every:5",
+        normal_test_dir=normal_test_dir or None,
+        binarize_at=128 if binarize_at is None else int(binarize_at),
+        name=name,
+    )
+
+
+def magnetic_tile_spec(root: str | os.PathLike) -> FolderSpec:
+    """The standard Magnetic Tile spec: MT_Free normal (every:5 split), the other MT_* defective."""
+    return folder_spec_from_args(
+        root,
+        normal_dir="MT_Free",
+        abnormal_dirs="MT_*",
+        images_subdir="Imgs",
+        image_ext=".jpg",
+        mask_ext=".png",
+        split="every:5",
+        name="magnetic_tile",
+    )
