@@ -24,3 +24,53 @@ def shared_data() -> Path:
             pytest.fail(reason + "; CI must have it")
         pytest.skip(reason)
     return path
+
+
+def _write_tiny_mvtec(root: Path, size: int = 48, seed: int = 0) -> Path:
+    """A minimal MVTec-layout category 'widget': smooth random surfaces, bright-square defects."""
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+
+    def surface() -> np.ndarray:
+        base = ndimage.gaussian_filter(rng.random((size, size, 3)), sigma=(3, 3, 0))
+        return (80 + 120 * (base - base.min()) / (np.ptp(base) + 1e-9)).astype(np.uint8)
+
+    cat = root / "widget"
+    for i in range(8):
+        (cat / "train" / "good").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(surface()).save(cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(3):
+        (cat / "test" / "good").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(surface()).save(cat / "test" / "good" / f"{i:03d}.png")
+    for i in range(3):
+        image, mask = surface(), np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size - 16, 2)
+        image[y : y + 10, x : x + 12] = 250
+        mask[y : y + 10, x : x + 12] = 255
+        for sub, arr, name in (("test", image, f"{i:03d}.png"), ("ground_truth", mask, f"{i:03d}_mask.png")):
+            (cat / sub / "scratch").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(cat / sub / "scratch" / name)
+    return root
+
+
+@pytest.fixture()
+def tiny_mvtec(tmp_path: Path) -> Path:
+    """A fresh tiny MVTec-layout dataset (category ``widget``) that a test may modify."""
+    return _write_tiny_mvtec(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One debug-preset run on the tiny dataset, shared read-only by the tests that need a trained model."""
+    from pfadseg.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = _write_tiny_mvtec(root / "data")
+    run = root / "run"
+    args = ["train", "--data", str(data), "--category", "widget", "--preset", "debug", "--teacher",
+            "efficientnet_lite0", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    return run

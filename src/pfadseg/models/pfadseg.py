@@ -29,6 +29,16 @@ def fuse_features(teacher_feats: list[torch.Tensor], student_feats: list[torch.T
     )
 
 
+def distance_product(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
+    """The student–teacher map: product over levels of the cosine distances, at the 1/4 grid."""
+    size = teacher_feats[0].shape[-2:]
+    maps = [
+        F.interpolate(cosine_distance(t, s), size=size, mode="bilinear", align_corners=False)
+        for t, s in zip(teacher_feats, student_feats)
+    ]
+    return torch.stack(maps, dim=0).prod(dim=0)
+
+
 class PFADSeg(nn.Module):
     """Teacher encoder + student decoder + guided segmentation network.
 
@@ -61,26 +71,30 @@ class PFADSeg(nn.Module):
         return self.segmentation(fuse_features(*self._features(x01)))
 
     def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
-        """Diagnostic map: product over levels of the cosine distances (at 1/4 size), student and teacher on x."""
-        teacher_feats, student_feats = self._features(x01)
-        size = teacher_feats[0].shape[-2:]
-        maps = [
-            F.interpolate(cosine_distance(t, s), size=size, mode="bilinear", align_corners=False)
-            for t, s in zip(teacher_feats, student_feats)
-        ]
-        return torch.stack(maps, dim=0).prod(dim=0)
+        """Diagnostic map (1/4 size): product over levels of the cosine distances, student and teacher on x."""
+        return distance_product(*self._features(x01))
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the ``top_k`` highest pixels of each (N, 1, H, W) map → (N,)."""
         k = min(self.config.top_k, anomaly_map[0].numel())
         return anomaly_map.flatten(1).float().topk(k, dim=1).values.mean(dim=1)
 
-    def forward(self, x01: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
-        p = self.segment(x01)
-        size = tuple(x01.shape[-2:]) if output_size is None else output_size
+    def scored_map(self, p: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A 1/4-size map upsampled (bilinear, float32) to ``size``, with its image score."""
         anomaly_map = F.interpolate(p.float(), size=size, mode="bilinear", align_corners=False)
         return anomaly_map, self.image_score(anomaly_map)
+
+    def forward(self, x01: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
+        return self.scored_map(self.segment(x01), tuple(x01.shape[-2:]) if output_size is None else output_size)
+
+    def forward_with_diagnostic(
+        self, x01: torch.Tensor, output_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segmentation map and score plus the student–teacher map and score, from one feature pass."""
+        teacher_feats, student_feats = self._features(x01)
+        p = self.segmentation(fuse_features(teacher_feats, student_feats))
+        return (*self.scored_map(p, output_size), *self.scored_map(distance_product(teacher_feats, student_feats), output_size))
 
 
 def build_model(config: ModelConfig, pretrained: bool = True, teacher_weights: str | None = None) -> PFADSeg:

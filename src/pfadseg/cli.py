@@ -1,0 +1,280 @@
+"""The ``pfadseg`` command: info, train, test, predict, demo, preview-synthesis.
+
+Every user-fixable problem surfaces as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from pfadseg.errors import PfadsegError
+
+TRAIN_PRESET_HELP = "training budget: paper (published recipe), fast (~10 min on a 2-core CPU), debug (seconds)"
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, help="dataset root (MVTec layout: ROOT/<category>/train/good, ...)")
+    g.add_argument("--category", help="MVTec category (or a name for a folder dataset)")
+    g.add_argument("--format", choices=["mvtec", "folder"], help="dataset layout (default mvtec)")
+    g.add_argument("--normal-dir", help="folder format: folder of normal images, relative to ROOT")
+    g.add_argument("--abnormal-dirs", help="folder format: comma-separated folders or globs of defective images")
+    g.add_argument("--images-subdir", help="folder format: images sit in <class dir>/SUB (e.g. Imgs)")
+    g.add_argument("--image-ext", help="folder format: comma-separated image extensions (default: all)")
+    g.add_argument("--mask-dir", help="folder format: mask tree mirroring the image folders (default: beside the images)")
+    g.add_argument("--mask-suffix", help="folder format: added to the image stem to name its mask (e.g. _mask)")
+    g.add_argument("--mask-ext", help="folder format: mask extension (default .png)")
+    g.add_argument("--split", help="folder format: every:K | random:FRACTION:SEED | list:FILE (default every:5)")
+    g.add_argument("--normal-test-dir", help="folder format: separate folder of normal test images (then --split is ignored)")
+    g.add_argument("--binarize-at", type=int, help="mask pixels >= this value (0..255) are defective (default 128)")
+
+
+_DATA_FLAGS = ("data:root", "category", "format", "normal_dir", "abnormal_dirs", "images_subdir", "image_ext",
+               "mask_dir", "mask_suffix", "mask_ext", "split", "normal_test_dir", "binarize_at")
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags that were given, as DataConfig fields."""
+    out: dict[str, Any] = {}
+    for flag in _DATA_FLAGS:
+        attr, _, field_name = flag.partition(":")
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[field_name or attr] = value
+    return out
+
+
+def _config_from_args(args: argparse.Namespace):
+    """preset → --config file → explicit flags → --set overrides."""
+    from pfadseg.config import load_yaml, merge, parse_override, preset_config
+
+    config = preset_config(args.model, args.preset)
+    if args.config:
+        config = merge(config, load_yaml(args.config))
+    flags: dict[str, Any] = {"data": _data_overrides(args), "train": {}, "model": {}}
+    for name in ("image_size", "batch_size", "student_steps", "segmentation_steps", "precision"):
+        if getattr(args, name) is not None:
+            flags["train"][name] = getattr(args, name)
+    if args.teacher:
+        flags["model"]["teacher"] = args.teacher
+    if args.no_aff:
+        flags["model"]["block"] = {"aff": False}
+    if args.no_pcar:
+        flags["model"].setdefault("block", {})["pcar"] = False
+    if args.head:
+        flags["model"]["head"] = {"kind": args.head}
+    if args.textures:
+        flags["data"]["textures"] = args.textures
+    for key in ("seed", "device"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    config = merge(config, flags)
+    for text in args.set or []:
+        config = merge(config, parse_override(text))
+    return config
+
+
+def format_table(evaluation) -> str:
+    """Metrics of the segmentation map and of the student–teacher diagnostic map, in percent."""
+    from pfadseg.evaluate import format_metrics_table
+
+    return format_metrics_table({"segmentation map": evaluation.metrics, "student-teacher map": evaluation.student_teacher_metrics})
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from pfadseg.models import build_model, model_preset
+    from pfadseg.models.summary import summarize
+
+    config = model_preset(args.preset, args.teacher)
+    model = build_model(config, pretrained=not args.no_pretrained, teacher_weights=args.teacher_weights)
+    info = {"preset": args.preset, **summarize(model, args.image_size)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    p, m = info["parameters"], info["macs_per_image"]
+    print(f"PFADSeg model, preset {args.preset}, teacher {info['teacher']}, input {args.image_size}×{args.image_size}")
+    for part in ("teacher", "student", "segmentation"):
+        print(f"  {part:<13} {p[part]:>12,d} parameters {m[part] / 1e9:>8.2f} GMAC")
+    print(f"  {'inference':<13} {'':>12} {'':>11}{m['inference'] / 1e9:>8.2f} GMAC per image")
+    print(f"  teacher features  {info['teacher_features']}")
+    print(f"  student features  {info['student_features']}")
+    print(f"  segmentation in {info['segmentation_input']} → out {info['segmentation_output']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pfadseg.runs import train
+
+    if args.resume:
+        if not args.out:
+            raise PfadsegError("--resume needs --out RUN, the run directory to continue")
+        config = None
+    else:
+        config = _config_from_args(args)
+    out = Path(args.out or _default_run_dir(config))
+    result = train(config, out, teacher_weights=args.teacher_weights, resume=args.resume, progress=not args.quiet)
+    s = result.summary
+    print(f"\nrun: {result.run_dir}  ({result.seconds / 60:.1f} min; student {s.get('student_seconds', 0) / 60:.1f} min, "
+          f"segmentation {s.get('segmentation_seconds', 0) / 60:.1f} min)")
+    if result.evaluation is not None:
+        print(format_table(result.evaluation))
+        print(f"metrics: {result.run_dir / 'metrics.json'}")
+    return 0
+
+
+def _default_run_dir(config) -> str:
+    name = config.data.category or Path(config.data.root).name or "run"
+    return str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from pfadseg.evaluate import save_maps
+    from pfadseg.runs import load_run_config, test
+
+    data = None
+    overrides = _data_overrides(args)
+    if overrides:
+        base = load_run_config(args.run).data
+        data = replace(base, **overrides)
+    evaluation = test(args.run, data, device=args.device, progress=not args.quiet)
+    print(format_table(evaluation))
+    if args.save_maps:
+        save_maps(evaluation, Path(args.save_maps))
+        print(f"maps: {args.save_maps}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pfadseg.predict import predict_to_folder
+
+    summary = predict_to_folder(args.run, args.inputs, Path(args.out), device=args.device, batch_size=args.batch_size,
+                                progress=not args.quiet)
+    print(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pfadseg.demo import run_demo
+
+    run_demo(Path(args.out), device=args.device, progress=not args.quiet)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from pfadseg.runs import write_synthesis_preview
+
+    path = write_synthesis_preview(_config_from_args(args), Path(args.out), rows=args.rows)
+    print(f"preview: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="pfadseg", help="architecture preset: pfadseg (AFF+PCAR+RCM) or destseg (baseline)")
+    g.add_argument("--teacher", help="teacher backbone: resnet18 (paper; ImageNet weights from the torch hub) or efficientnet_lite0 (offline)")
+    g.add_argument("--teacher-weights", help="state-dict file of the teacher's ImageNet weights (e.g. resnet18-f37072fd.pth)")
+    g.add_argument("--no-aff", action="store_true", help="ablation: plain sum instead of AFF in every residual block")
+    g.add_argument("--no-pcar", action="store_true", help="ablation: plain 3×3 conv instead of PCAR")
+    g.add_argument("--head", choices=["rcm", "aspp"], help="segmentation head (pfadseg: rcm, destseg: aspp)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--preset", default="paper", help=TRAIN_PRESET_HELP)
+    g.add_argument("--config", help="YAML file with any part of the configuration (see config.yaml of a run)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any value, e.g. train.lr_student=0.4 (repeatable)")
+    g.add_argument("--textures", help="folder of anomaly-source textures, e.g. DTD (default: built-in procedural textures)")
+    g.add_argument("--image-size", type=int, help="training size in pixels")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--student-steps", type=int, help="stage-1 iterations")
+    g.add_argument("--segmentation-steps", type=int, help="stage-2 iterations")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast where the hardware has it")
+    g.add_argument("--seed", type=int, help="fixes initialisation, sampling and synthesis")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pfadseg import __version__
+
+    parser = argparse.ArgumentParser(prog="pfadseg", description="PFADSeg anomaly detection and segmentation.")
+    parser.add_argument("--version", action="version", version=f"pfadseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="model summary: parameters, feature shapes, MACs")
+    p.add_argument("--preset", "--model", dest="preset", default="pfadseg", help="architecture preset: pfadseg or destseg")
+    p.add_argument("--teacher", default="resnet18", help="teacher backbone (resnet18, efficientnet_lite0)")
+    p.add_argument("--teacher-weights", help="teacher state-dict file")
+    p.add_argument("--no-pretrained", action="store_true", help="random teacher weights (no download needed)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model on normal images; evaluates when the data has a test split")
+    _add_data_args(p)
+    _add_model_args(p)
+    _add_run_args(p)
+    p.add_argument("--out", help="run directory (default runs/<category>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate a run: image/pixel AUROC, pixel AP, AUPRO, IAP, IAP@90")
+    p.add_argument("--run", required=True, help="run directory")
+    _add_data_args(p)
+    p.add_argument("--save-maps", metavar="DIR", help="write each map as DIR/<type>/<stem>.npy and DIR/scores.csv")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("predict", help="anomaly maps, overlays, masks and OK/NG decisions for new images")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures (no downloads)")
+    p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("preview-synthesis", help="picture grid: normal image / synthetic anomaly / mask")
+    _add_data_args(p, required=True)
+    _add_model_args(p)
+    _add_run_args(p)
+    p.add_argument("--out", default="synthesis_preview.png")
+    p.add_argument("--rows", type=int, default=8)
+    p.set_defaults(func=cmd_preview)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PfadsegError as err:
+        print(f"pfadseg: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pfadseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

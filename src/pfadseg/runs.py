@@ -1,0 +1,266 @@
+"""Run directories: training a configured run end to end, resuming it, and loading it back.
+
+A run directory holds ``config.yaml`` (the full resolved configuration), ``model.safetensors``
+(all weights, teacher included, so a run needs no download to be used), ``train_log.jsonl``,
+``metrics.json`` when there was a test split, and while training ``checkpoint.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from pfadseg import __version__
+from pfadseg.checkpoint import CONFIG_FILE, MODEL_FILE, load_state_strict, load_tensors, metadata_json, save_tensors
+from pfadseg.config import DataConfig, RunConfig, dump_yaml, run_config_from_yaml, to_dict
+from pfadseg.data.augment import augmentation_for_category
+from pfadseg.data.datasets import DatasetSplits, folder_spec_from_args, load_folder, load_mvtec
+from pfadseg.data.images import ImageCache, load_images
+from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.data.textures import load_texture_folder, procedural_textures
+from pfadseg.errors import PfadsegError
+from pfadseg.evaluate import Evaluation, evaluate
+from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
+from pfadseg.models import PFADSeg, build_model
+from pfadseg.training.batches import BatchMaker
+from pfadseg.training.runtime import Precision, resolve_device, resolve_precision, training_precision
+from pfadseg.training.trainer import CHECKPOINT_FILE, Trainer
+
+METRICS_FILE = "metrics.json"
+
+
+def load_splits(data: DataConfig) -> DatasetSplits:
+    """The train/test samples the data configuration names (MVTec layout or folder layout)."""
+    if not data.root:
+        raise PfadsegError("no dataset given: pass --data ROOT (and --category NAME for the MVTec layout)")
+    if data.format == "mvtec":
+        if not data.category:
+            raise PfadsegError(f"{data.root}: the MVTec layout needs --category NAME")
+        return load_mvtec(data.root, data.category)
+    spec = folder_spec_from_args(
+        data.root,
+        normal_dir=data.normal_dir,
+        abnormal_dirs=data.abnormal_dirs,
+        images_subdir=data.images_subdir,
+        image_ext=data.image_ext,
+        mask_dir=data.mask_dir,
+        mask_suffix=data.mask_suffix,
+        mask_ext=data.mask_ext,
+        split=data.split,
+        normal_test_dir=data.normal_test_dir,
+        binarize_at=data.binarize_at,
+        name=data.category or None,
+    )
+    return load_folder(spec)
+
+
+def load_texture_source(data: DataConfig, size: int, seed: int) -> torch.Tensor:
+    """Anomaly textures (T,3,S,S) uint8: a folder of images, or the built-in procedural ones."""
+    if data.textures:
+        return load_texture_folder(data.textures, size)
+    return procedural_textures(data.procedural_textures, size, seed)
+
+
+def _augmentation_name(data: DataConfig) -> str:
+    return data.category if data.augmentation == "auto" else data.augmentation
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: where the run is, what it measured, how long it took."""
+
+    run_dir: Path
+    config: RunConfig
+    evaluation: Evaluation | None
+    seconds: float
+    summary: dict[str, float]
+
+    @property
+    def metrics(self) -> dict[str, float] | None:
+        return None if self.evaluation is None else self.evaluation.metrics
+
+
+def _absolute_paths(config: RunConfig) -> RunConfig:
+    """Data paths made absolute, so that the saved config works from any directory."""
+    data = config.data
+    absolute = lambda p: str(Path(p).resolve()) if p else p  # noqa: E731
+    return replace(config, data=replace(data, root=absolute(data.root), textures=absolute(data.textures)))
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a finished run, or to restart (not resume) an interrupted one."""
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise PfadsegError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); nothing to resume")
+        if not (run_dir / CHECKPOINT_FILE).is_file() and not (run_dir / MODEL_FILE).is_file():
+            raise PfadsegError(f"{run_dir}: no checkpoint to resume from yet; start the run again without --resume")
+        return
+    if (run_dir / MODEL_FILE).exists():
+        raise PfadsegError(f"{run_dir}: already holds a trained model; choose another --out or remove it")
+    if (run_dir / CHECKPOINT_FILE).exists():
+        raise PfadsegError(f"{run_dir}: holds an interrupted run; continue it with --resume or choose another --out")
+
+
+def save_model(model: PFADSeg, config: RunConfig, run_dir: Path) -> None:
+    """All weights (teacher included) with the configuration in the file's metadata."""
+    save_tensors(run_dir / MODEL_FILE, model.state_dict(), metadata_json(config=to_dict(config), pfadseg_version=__version__))
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    teacher_weights: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> TrainResult:
+    """Train (or resume) a run; evaluates on the test split when there is one."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, resume)
+    if resume:
+        config = run_config_from_yaml(run_dir / CONFIG_FILE)
+        if (run_dir / MODEL_FILE).is_file() and not (run_dir / CHECKPOINT_FILE).is_file():
+            raise PfadsegError(f"{run_dir}: this run has already finished; nothing to resume")
+    else:
+        config = _absolute_paths(config)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.train.precision, config.train.channels_last, device)
+    size = config.train.image_size
+
+    # Everything that can fail on bad input happens before anything is written.
+    splits = load_splits(config.data)
+    cache = ImageCache()
+    log(f"data: {splits.summary()}")
+    images = load_images(splits.train, size, cache).to(device)
+    textures = load_texture_source(config.data, size, config.seed).to(device)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, pretrained=not resume, teacher_weights=None if resume else teacher_weights).to(device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_text_atomic(run_dir / CONFIG_FILE, dump_yaml(config))
+    train_precision = training_precision(precision, model, device)
+    batches = BatchMaker(
+        images,
+        AnomalySynthesizer(textures, config.synthesis),
+        augmentation_for_category(_augmentation_name(config.data)),
+        config.train.batch_size,
+        config.seed,
+        train_precision.memory_format(),
+    )
+    trainer = Trainer(model, config, batches, train_precision, run_dir, device)
+    if resume:
+        trainer.load_checkpoint()
+        log(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
+    log(f"training on {device} ({train_precision.name}{', channels_last' if train_precision.channels_last else ''}): "
+        f"{config.train.student_steps} student + {config.train.segmentation_steps} segmentation steps, "
+        f"batch {config.train.batch_size}, {size}×{size}")
+    summary = trainer.fit(progress=progress)
+    save_model(model, config, run_dir)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+    evaluation = None
+    if splits.test:  # with the inference precision, exactly as `pfadseg test` will run it
+        model.to(memory_format=precision.memory_format())
+        evaluation = evaluate(model, splits.test, size, config.train.eval_size, precision, device,
+                              config.train.eval_batch_size, splits.binarize_at, cache, progress)
+        write_metrics(run_dir, evaluation)
+    return TrainResult(run_dir, config, evaluation, time.perf_counter() - started, summary)
+
+
+def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE) -> None:
+    """``metrics.json``: the six metrics (fractions) plus the student–teacher diagnostic."""
+    write_json_atomic(run_dir / name, {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics})
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with its configuration, ready for inference."""
+
+    run_dir: Path
+    config: RunConfig
+    model: PFADSeg
+    device: torch.device
+    precision: Precision
+
+
+def load_run(run_dir: str | Path, device: str = "auto", precision: str | None = None) -> LoadedRun:
+    """Load ``model.safetensors`` + ``config.yaml``; wrong shapes or a tampered file are one-line errors."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    state = load_tensors(run_dir / MODEL_FILE)
+    model = build_model(config.model, pretrained=False)
+    load_state_strict(model, state, run_dir / MODEL_FILE)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision or config.train.precision, config.train.channels_last, dev)
+    model = model.to(dev, memory_format=prec.memory_format()).eval()
+    return LoadedRun(run_dir, config, model, dev, prec)
+
+
+def test(
+    run_dir: str | Path,
+    data: DataConfig | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate a run on its own test split (or on ``data``) and write ``metrics.json``.
+
+    Metrics of another dataset go to ``metrics-<name>.json`` so that the run's own are kept.
+    """
+    run = load_run(run_dir, device)
+    own_data = data is None or data == run.config.data
+    data = data or run.config.data
+    splits = load_splits(data)
+    if not splits.test:
+        raise PfadsegError(f"{data.root}: the dataset has no test images")
+    t = run.config.train
+    evaluation = evaluate(run.model, splits.test, t.image_size, t.eval_size, run.precision, run.device,
+                          t.eval_batch_size, splits.binarize_at, progress=progress)
+    write_metrics(run.run_dir, evaluation, METRICS_FILE if own_data else f"metrics-{splits.name}.json")
+    return evaluation
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise PfadsegError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    return run_config_from_yaml(run_dir / CONFIG_FILE)
+
+
+THRESHOLDS_FILE = "thresholds.json"
+DEFAULT_THRESHOLDS = {"image": 0.5, "pixel": 0.5}
+
+
+def load_thresholds(run_dir: str | Path) -> dict[str, float]:
+    """The run's decision thresholds (``thresholds.json``); without one, 0.5 on the sigmoid output."""
+    path = Path(run_dir) / THRESHOLDS_FILE
+    if not path.is_file():
+        return dict(DEFAULT_THRESHOLDS)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {"image": float(data["image"]), "pixel": float(data["pixel"])}
+    except (ValueError, KeyError, TypeError) as err:
+        raise PfadsegError(f"{path}: unreadable thresholds ({err})") from None
+
+
+def write_synthesis_preview(config: RunConfig, out: Path, rows: int = 8) -> Path:
+    """A PNG grid of training images with their synthetic anomalies and masks."""
+    from pfadseg.data.preview import synthesis_preview
+
+    splits = load_splits(config.data)
+    size = config.train.image_size
+    generator = torch.Generator().manual_seed(config.seed)
+    chosen = torch.randperm(len(splits.train), generator=generator)[:rows].sort().values
+    images = load_images([splits.train[i] for i in chosen.tolist()], size).float().div_(255)
+    images = augmentation_for_category(_augmentation_name(config.data))(images, generator)
+    synthesizer = AnomalySynthesizer(load_texture_source(config.data, size, config.seed), config.synthesis)
+    grid = synthesis_preview(images, synthesizer, generator, rows)
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
+    return out

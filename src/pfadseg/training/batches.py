@@ -1,0 +1,61 @@
+"""Training batches: sample normal images, augment them, and synthesise anomalies, all on the device."""
+
+from __future__ import annotations
+
+import torch
+
+from pfadseg.data.augment import NormalAugmentation
+from pfadseg.data.synthesis import AnomalySynthesizer
+
+
+class BatchMaker:
+    """Draws (clean, synthetic, mask) batches from images cached on the device as uint8.
+
+    Two generators make a run reproducible and resumable: ``sampling`` (CPU, the same seed on
+    every rank, so data-parallel ranks take disjoint slices of one draw) and ``synthesis`` (on
+    the device, a different seed per rank).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        synthesizer: AnomalySynthesizer,
+        augmentation: NormalAugmentation,
+        batch_size: int,
+        seed: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(images) == 0:
+            raise ValueError("no training images")
+        self.images = images
+        self.synthesizer = synthesizer
+        self.augmentation = augmentation
+        self.batch_size = batch_size
+        self.memory_format = memory_format
+        self.rank = rank
+        self.world_size = world_size
+        self.sampling = torch.Generator(device="cpu").manual_seed(seed)
+        self.synthesis = torch.Generator(device=images.device).manual_seed(seed + 1_000_003 * (rank + 1))
+
+    def indices(self) -> torch.Tensor:
+        """This rank's slice of one global batch; without replacement when there are enough images."""
+        n, total = len(self.images), self.batch_size * self.world_size
+        draw = torch.randperm(n, generator=self.sampling)[:total] if n >= total else torch.randint(n, (total,), generator=self.sampling)
+        return draw[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """clean (B,3,H,W) in [0,1], synthetic (B,3,H,W), mask (B,1,H,W) in {0,1}."""
+        clean = self.images[self.indices().to(self.images.device)].float().div_(255)
+        clean = self.augmentation(clean, self.synthesis)
+        synthetic, mask = self.synthesizer(clean, self.synthesis)
+        fmt = self.memory_format
+        return clean.contiguous(memory_format=fmt), synthetic.contiguous(memory_format=fmt), mask
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"sampling": self.sampling.get_state(), "synthesis": self.synthesis.get_state()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.sampling.set_state(state["sampling"].cpu())
+        self.synthesis.set_state(state["synthesis"].cpu())

@@ -1,0 +1,77 @@
+"""Device and precision choices, made once per run from the configuration."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+from torch import nn
+
+from pfadseg.errors import PfadsegError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PfadsegError("--device cuda was asked for, but no CUDA GPU is available")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward passes run: dtype under autocast (None = fp32) and the memory format."""
+
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def name(self) -> str:
+        return "fp32" if self.autocast_dtype is None else "bf16"
+
+    def autocast(self, device: torch.device) -> ContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def resolve_precision(precision: str, channels_last: bool, device: torch.device) -> Precision:
+    """``auto`` → bf16 autocast where the hardware runs it natively (CUDA, bf16-capable CPUs), else fp32."""
+    if precision == "fp32":
+        return Precision(None, channels_last)
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+    if precision == "bf16" or native:
+        return Precision(torch.bfloat16, channels_last)
+    return Precision(None, channels_last)
+
+
+def bf16_channels_last_trains_safely(model: nn.Module) -> bool:
+    """False when the model has a dilated conv whose channel count is not a multiple of 16.
+
+    On CPU, oneDNN (as shipped with PyTorch 2.13) returns NaN/inf weight gradients for such convs in
+    bf16 with channels_last (measured at 24 and 40 channels, the EfficientNet-Lite0 teacher's widths,
+    dilations 2 and 3; 48, 64 and 112 channels are exact). Those models train in the contiguous format.
+    """
+    return not any(
+        isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and m.in_channels % 16 != 0 for m in model.modules()
+    )
+
+
+def training_precision(precision: Precision, model: nn.Module, device: torch.device) -> Precision:
+    """``precision`` for training, without channels_last where the CPU backend would compute wrong gradients."""
+    unsafe = device.type == "cpu" and precision.autocast_dtype == torch.bfloat16 and precision.channels_last
+    if unsafe and not bf16_channels_last_trains_safely(model):
+        return Precision(precision.autocast_dtype, channels_last=False)
+    return precision

@@ -1,0 +1,188 @@
+"""The two-stage training loop (SPEC section 6) with exact resume.
+
+Stage 1 trains the student to reproduce, from a synthetic image, the teacher's features of the
+clean image; stage 2 freezes the student and trains the segmentation network on the fused
+teacher–student similarities of the synthetic image against the synthetic mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pfadseg.checkpoint import load_state_strict, load_tensors, metadata_json, save_tensors
+from pfadseg.config import RunConfig
+from pfadseg.errors import PfadsegError
+from pfadseg.fileio import write_text_atomic
+from pfadseg.models import PFADSeg
+from pfadseg.training.batches import BatchMaker
+from pfadseg.training.losses import cosine_loss, segmentation_loss
+from pfadseg.training.runtime import Precision
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class Optimizers:
+    """SGD with per-group learning rates: one optimiser per stage."""
+
+    student: torch.optim.SGD
+    segmentation: torch.optim.SGD
+
+    @classmethod
+    def create(cls, model: PFADSeg, config: RunConfig) -> Optimizers:
+        t = config.train
+        sgd = dict(momentum=t.momentum, weight_decay=t.weight_decay)
+        student = torch.optim.SGD(model.student.parameters(), lr=t.lr_student, **sgd)
+        segmentation = torch.optim.SGD(
+            [
+                {"params": model.segmentation.res.parameters(), "lr": t.lr_seg_blocks},
+                {"params": model.segmentation.head.parameters(), "lr": t.lr_seg_head},
+            ],
+            lr=t.lr_seg_head,
+            **sgd,
+        )
+        return cls(student, segmentation)
+
+    def momentum_state(self, model: PFADSeg) -> dict[str, torch.Tensor]:
+        """Momentum buffers keyed by parameter name (safetensors needs flat named tensors)."""
+        out = {}
+        for prefix, module, opt in self._pairs(model):
+            for name, param in module.named_parameters():
+                buf = opt.state.get(param, {}).get("momentum_buffer")
+                if buf is not None:
+                    out[f"optim.{prefix}.{name}"] = buf
+        return out
+
+    def load_momentum_state(self, model: PFADSeg, tensors: dict[str, torch.Tensor]) -> None:
+        for prefix, module, opt in self._pairs(model):
+            for name, param in module.named_parameters():
+                key = f"optim.{prefix}.{name}"
+                if key in tensors:
+                    opt.state[param] = {"momentum_buffer": tensors[key].to(param.device, param.dtype)}
+
+    def _pairs(self, model: PFADSeg) -> list[tuple[str, nn.Module, torch.optim.SGD]]:
+        return [("student", model.student, self.student), ("segmentation", model.segmentation, self.segmentation)]
+
+
+class Trainer:
+    """Runs the steps ``[start, student_steps + segmentation_steps)``, checkpointing as it goes."""
+
+    def __init__(
+        self,
+        model: PFADSeg,
+        config: RunConfig,
+        batches: BatchMaker,
+        precision: Precision,
+        run_dir: Path,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.batches = batches
+        self.precision = precision
+        self.run_dir = run_dir
+        self.device = device
+        self.optimizers = Optimizers.create(model, config)
+        self.step = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.student_steps + self.config.train.segmentation_steps
+
+    def stage(self, step: int) -> int:
+        return 1 if step < self.config.train.student_steps else 2
+
+    # ------------------------------------------------------------------ one step of each stage
+
+    def student_step(self) -> float:
+        clean, synthetic, _ = self.batches.next()
+        self.model.student.train()
+        with self.precision.autocast(self.device):
+            loss = cosine_loss(self.model.distillation_maps(clean, synthetic))
+        self.optimizers.student.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers.student.step()
+        return loss.item()
+
+    def segmentation_step(self) -> float:
+        _, synthetic, mask = self.batches.next()
+        self.model.student.eval()
+        self.model.segmentation.train()
+        with self.precision.autocast(self.device):
+            loss = segmentation_loss(self.model.segment(synthetic), mask, self.config.train.focal_gamma)
+        self.optimizers.segmentation.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers.segmentation.step()
+        return loss.item()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Weights, momentum buffers and RNG state in one file, written atomically."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(self.optimizers.momentum_state(self.model))
+        tensors.update({f"rng.{k}": v for k, v in self.batches.rng_state().items()})
+        save_tensors(self.run_dir / CHECKPOINT_FILE, tensors, metadata_json(step=self.step))
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / CHECKPOINT_FILE
+        tensors = load_tensors(path)
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        load_state_strict(self.model, model_state, path)
+        self.optimizers.load_momentum_state(self.model, tensors)
+        self.batches.set_rng_state({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")})
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            self.step = int(json.loads(f.metadata()["step"]))
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines of steps after the checkpoint: they will be run again."""
+        log = self.run_dir / LOG_FILE
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+            write_text_atomic(log, "".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, progress: bool = True) -> dict[str, float]:
+        """Train to the end; returns a summary (seconds per stage, final losses)."""
+        t = self.config.train
+        self.model.to(memory_format=self.precision.memory_format())
+        summary: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="it", dynamic_ncols=True)
+        with (self.run_dir / LOG_FILE).open("a", encoding="utf-8") as log:
+            while self.step < self.total_steps:
+                stage = self.stage(self.step)
+                started = time.perf_counter()
+                loss = self.student_step() if stage == 1 else self.segmentation_step()
+                seconds = time.perf_counter() - started
+                if not math.isfinite(loss):
+                    raise PfadsegError(
+                        f"training diverged at step {self.step + 1} (stage {stage}, loss {loss}); the last checkpoint in "
+                        f"{self.run_dir} is kept; try --precision fp32 or lower learning rates (--set train.lr_...)"
+                    )
+                self.step += 1
+                key = "student" if stage == 1 else "segmentation"
+                summary[f"{key}_seconds"] = summary.get(f"{key}_seconds", 0.0) + seconds
+                summary[f"{key}_loss"] = loss
+                bar.set_description(f"stage {stage} ({key})")
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    log.write(json.dumps({"step": self.step, "stage": stage, "loss": loss, "seconds": round(seconds, 4)}) + "\n")
+                    log.flush()
+                if self.step % t.checkpoint_every == 0 or self.step == t.student_steps:
+                    self.save_checkpoint()
+        bar.close()
+        return summary

@@ -1,0 +1,112 @@
+"""The command line: help everywhere, test with saved maps, predict outputs, preview, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pfadseg.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["info", "train", "test", "predict", "demo", "preview-synthesis"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: pfadseg " + command in capsys.readouterr().out
+
+
+def test_parser_knows_all_commands():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+
+
+def test_saved_maps_reproduce_metrics_with_an_independent_script(trained_run: Path, tmp_path: Path):
+    maps = tmp_path / "maps"
+    assert main(["test", "--run", str(trained_run), "--save-maps", str(maps), "--quiet"]) == 0
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    rows = list(csv.DictReader((maps / "scores.csv").open()))
+    assert len(rows) == 6 and {r["label"] for r in rows} == {"0", "1"}
+    assert np.load(maps / "scratch" / "000.npy").shape == (256, 256)
+    data_root = json.loads(json.dumps(__import__("yaml").safe_load((trained_run / "config.yaml").read_text())))["data"]["root"]
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "recompute_metrics.py"), str(maps), data_root, "widget"],
+                         capture_output=True, text=True, check=True).stdout
+    recomputed = json.loads(out)
+    for key, value in recomputed.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_predict_writes_maps_overlays_masks_and_decisions(trained_run: Path, tmp_path: Path):
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.full((40, 70, 3), 128, np.uint8)).save(images / "flat.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 60), np.uint8)).save(images / "noise.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(trained_run), str(images), "--out", str(out), "--quiet"]) == 0
+    assert np.load(out / "flat_map.npy").shape == (40, 70)
+    assert np.load(out / "noise_map.npy").shape == (90, 60)
+    overlay = Image.open(out / "noise_overlay.png")
+    assert overlay.size == (60, 90) and overlay.mode == "RGB"
+    assert set(np.unique(np.asarray(Image.open(out / "flat_mask.png")))) <= {0, 255}
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [Path(r["image"]).name for r in rows] == ["flat.png", "noise.jpg"]
+    assert all(r["decision"] in ("OK", "NG") and 0 <= float(r["score"]) <= 1 for r in rows)
+    assert all((float(r["score"]) >= 0.5) == (r["decision"] == "NG") for r in rows)  # default threshold
+
+
+def test_predict_reports_unreadable_files_and_fails(trained_run: Path, tmp_path: Path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "ok.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", "--run", str(trained_run), str(images), "--out", str(tmp_path / "out"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "ok_map.npy").exists()
+
+
+def test_preview_synthesis_writes_a_grid(tiny_mvtec: Path, tmp_path: Path):
+    out = tmp_path / "grid.png"
+    assert main(["preview-synthesis", "--data", str(tiny_mvtec), "--category", "widget", "--image-size", "48",
+                 "--rows", "3", "--out", str(out)]) == 0
+    grid = Image.open(out)
+    assert grid.width > 3 * 48 and grid.height > 3 * 48
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path):
+    cases = [
+        ["test", "--run", str(tmp_path / "missing")],
+        ["train", "--data", str(tmp_path), "--category", "x", "--preset", "nope"],
+        ["info", "--teacher", "vgg"],
+    ]
+    for args in cases:
+        proc = subprocess.run([sys.executable, "-m", "pfadseg", *args], capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_tampered_or_mismatched_weights_are_clear_errors(trained_run: Path, tmp_path: Path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["test", "--run", str(copy), "--quiet"]) != 0
+    assert "model.safetensors" in capsys.readouterr().err
+
+    shutil.copy(trained_run / "model.safetensors", weights)
+    config = (copy / "config.yaml").read_text().replace("kind: rcm", "kind: aspp")
+    (copy / "config.yaml").write_text(config)
+    assert main(["test", "--run", str(copy), "--quiet"]) != 0
+    assert "do not fit" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Training end to end: run directory, exact resume after SIGKILL, bad input, configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pfadseg.cli import main
+from pfadseg.config import RunConfig, merge, parse_override, preset_config
+from pfadseg.errors import PfadsegError
+from pfadseg.metrics import METRIC_KEYS
+
+TRAIN = ["train", "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0", "--quiet"]
+
+
+def test_run_directory_contents(trained_run: Path):
+    assert {p.name for p in trained_run.iterdir()} == {"config.yaml", "model.safetensors", "train_log.jsonl", "metrics.json"}
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics) and all(0 <= metrics[k] <= 1 for k in METRIC_KEYS)
+    log = [json.loads(line) for line in (trained_run / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == list(range(1, 9))  # debug: 4 + 4 steps, logged every step
+    assert [entry["stage"] for entry in log] == [1] * 4 + [2] * 4
+
+
+def _train_cmd(data: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "pfadseg", *TRAIN, "--data", str(data), "--out", str(out),
+            "--student-steps", str(steps), "--segmentation-steps", str(steps), "--image-size", "32"]
+
+
+def test_resume_after_sigkill_ends_with_identical_weights(tiny_mvtec: Path, tmp_path: Path):
+    steps = 12
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_train_cmd(tiny_mvtec, reference, steps), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(tiny_mvtec, killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (killed / "model.safetensors").exists(), "the run must be killed mid-way"
+
+    assert main(["train", "--resume", "--out", str(killed), "--quiet"]) == 0
+    a, b = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps_logged = [json.loads(line)["step"] for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert steps_logged == list(range(1, 2 * steps + 1))
+
+
+def test_corrupt_training_image_is_a_one_line_error_and_earlier_runs_are_untouched(tiny_mvtec: Path, tmp_path: Path):
+    earlier = tmp_path / "earlier"
+    assert main([*TRAIN, "--data", str(tiny_mvtec), "--out", str(earlier)]) == 0
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+
+    bad = tiny_mvtec / "widget" / "train" / "good" / "003.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated PNG
+    for out in (tmp_path / "new", earlier):
+        proc = subprocess.run([sys.executable, "-m", "pfadseg", *TRAIN, "--data", str(tiny_mvtec), "--out", str(out)],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "003.png" in lines[0] or "already holds" in lines[0]
+    assert not (tmp_path / "new").exists()
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+
+
+def test_corrupt_image_error_names_the_file(tiny_mvtec: Path, tmp_path: Path, capsys):
+    bad = tiny_mvtec / "widget" / "train" / "good" / "005.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    assert main([*TRAIN, "--data", str(tiny_mvtec), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "005.png" in err
+
+
+def test_finished_run_is_not_overwritten(trained_run: Path, capsys):
+    data = json.loads((trained_run / "metrics.json").read_text())
+    assert main([*TRAIN, "--data", "unused", "--out", str(trained_run)]) != 0
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert json.loads((trained_run / "metrics.json").read_text()) == data
+
+
+def test_unknown_category_lists_the_known_ones(tiny_mvtec: Path, tmp_path: Path, capsys):
+    assert main(["train", "--data", str(tiny_mvtec), "--category", "gizmo", "--preset", "debug", "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err
+    assert "gizmo" in err and "widget" in err
+
+
+def test_overrides_and_presets():
+    config = preset_config("destseg", "fast")
+    assert config.model.head.kind == "aspp" and config.train.image_size == 128
+    config = merge(config, parse_override("train.lr_student=0.4"))
+    config = merge(config, parse_override("model.block.pcar_dilations=[1, 3, 5]"))
+    config = merge(config, parse_override("synthesis.texture_augmentation=true"))
+    assert config.train.lr_student == 0.4
+    assert config.model.block.pcar_dilations == (1, 3, 5)
+    assert config.synthesis.texture_augmentation is True
+    for bad in ("train.nope=1", "train.batch_size=many", "model.head.kind=unet", "synthesis.beta_max=3"):
+        with pytest.raises(PfadsegError):
+            merge(config, parse_override(bad))
+
+
+def test_saved_config_round_trips(trained_run: Path):
+    from pfadseg.config import run_config_from_yaml
+
+    config = run_config_from_yaml(trained_run / "config.yaml")
+    assert isinstance(config, RunConfig)
+    assert config.train.student_steps == 4 and config.model.teacher == "efficientnet_lite0"
+    assert os.path.isabs(config.data.root)
+
+
+def test_seed_fixes_initialisation_and_batches(tiny_mvtec: Path, tmp_path: Path):
+    for name in ("a", "b"):
+        assert main([*TRAIN, "--data", str(tiny_mvtec), "--out", str(tmp_path / name), "--image-size", "32", "--seed", "3"]) == 0
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
