@@ -126,3 +126,10 @@ def test_seed_fixes_initialisation_and_batches(tiny_mvtec: Path, tmp_path: Path)
         assert main([*TRAIN, "--data", str(tiny_mvtec), "--out", str(tmp_path / name), "--image-size", "32", "--seed", "3"]) == 0
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_test_image_fails_before_training(tiny_mvtec: Path, tmp_path: Path, capsys):
+    (tiny_mvtec / "widget" / "test" / "scratch" / "001.png").write_bytes(b"")
+    assert main([*TRAIN, "--data", str(tiny_mvtec), "--out", str(tmp_path / "run")]) != 0
+    assert "001.png" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

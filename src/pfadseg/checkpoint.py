@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -35,21 +36,24 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise PfadsegError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+def first_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """Describe the first missing, mis-shaped or unexpected key; None when ``state`` fits."""
+    for key, want in expected.items():
+        if key not in state:
+            return f"missing key {key!r}"
+        if state[key].shape != want.shape:
+            return f"{key!r} has shape {tuple(state[key].shape)}, expected {tuple(want.shape)}"
+    for key in state:
+        if key not in expected:
+            return f"unexpected key {key!r}"
+    return None
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
     """``module.load_state_dict(strict=True)`` with a one-line error naming ``source`` and the first mismatch."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        if wrong:
-            k = wrong[0]
-            detail = f"{k} has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}"
-        elif missing:
-            detail = f"{len(missing)} tensors missing (first: {missing[0]})"
-        else:
-            detail = f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})"
-        raise PfadsegError(f"{source}: weights do not fit this model configuration: {detail}")
+    problem = first_mismatch(module.state_dict(), state)
+    if problem is not None:
+        raise PfadsegError(f"{source}: weights do not fit {type(module).__name__} as configured: {problem}")
     module.load_state_dict(state, strict=True)
 
 

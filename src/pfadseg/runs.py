@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,7 +20,7 @@ from pfadseg.checkpoint import CONFIG_FILE, MODEL_FILE, load_state_strict, load_
 from pfadseg.config import DataConfig, RunConfig, dump_yaml, run_config_from_yaml, to_dict
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.datasets import DatasetSplits, folder_spec_from_args, load_folder, load_mvtec
-from pfadseg.data.images import ImageCache, load_images
+from pfadseg.data.images import ImageCache, load_images, load_masks
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.data.textures import load_texture_folder, procedural_textures
 from pfadseg.errors import PfadsegError
@@ -117,7 +118,7 @@ def train(
     teacher_weights: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train (or resume) a run; evaluates on the test split when there is one."""
     started = time.perf_counter()
@@ -138,6 +139,8 @@ def train(
     cache = ImageCache()
     log(f"data: {splits.summary()}")
     images = load_images(splits.train, size, cache).to(device)
+    load_images(splits.test, size, cache)  # decode the test split now: a bad file fails before training
+    load_masks(splits.test, config.train.eval_size, cache, binarize_at=splits.binarize_at)
     textures = load_texture_source(config.data, size, config.seed).to(device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, pretrained=not resume, teacher_weights=None if resume else teacher_weights).to(device)

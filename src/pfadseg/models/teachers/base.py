@@ -101,24 +101,3 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise PfadsegError(f"teacher weights {path} is not a state dict of tensors")
     return dict(state)
-
-
-def load_exactly(model: nn.Module, state: Mapping[str, Tensor], source: str | os.PathLike[str]) -> None:
-    """`model.load_state_dict(state, strict=True)`, failing with one line naming the first mismatch."""
-    problem = _first_mismatch(model.state_dict(), state)
-    if problem is not None:
-        raise PfadsegError(f"teacher weights {source} do not fit {type(model).__name__}: {problem}")
-    model.load_state_dict(state, strict=True)
-
-
-def _first_mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str | None:
-    """Describe the first missing, mis-shaped or unexpected key; None when `state` fits."""
-    for key, want in expected.items():
-        if key not in state:
-            return f"missing key {key!r}"
-        if state[key].shape != want.shape:
-            return f"{key!r} has shape {tuple(state[key].shape)}, expected {tuple(want.shape)}"
-    for key in state:
-        if key not in expected:
-            return f"unexpected key {key!r}"
-    return None

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 
 from pfadseg.errors import PfadsegError
 
-from .base import Teacher, load_exactly, read_state_dict, register_teacher
+from pfadseg.checkpoint import load_state_strict
+
+from .base import Teacher, read_state_dict, register_teacher
 
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
@@ -136,7 +138,7 @@ def efficientnet_lite0_teacher(pretrained: bool, weights: Path | None) -> Teache
     if weights is None and pretrained:
         weights = wheel_weights_path()
     if weights is not None:
-        load_exactly(net, read_state_dict(weights), weights)
+        load_state_strict(net, read_state_dict(weights), weights)
     return EfficientNetLite0Teacher(net)
 
 

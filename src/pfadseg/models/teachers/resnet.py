@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from pfadseg.errors import PfadsegError
 
-from .base import Teacher, load_exactly, read_state_dict, register_teacher
+from pfadseg.checkpoint import load_state_strict
+
+from .base import Teacher, read_state_dict, register_teacher
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -97,9 +99,9 @@ class ResNet18Teacher(Teacher):
 def resnet18_teacher(pretrained: bool, weights: Path | None) -> Teacher:
     net = ResNet18()
     if weights is not None:
-        load_exactly(net, read_state_dict(weights), weights)
+        load_state_strict(net, read_state_dict(weights), weights)
     elif pretrained:
-        load_exactly(net, _download_imagenet_weights(), RESNET18_URL)
+        load_state_strict(net, _download_imagenet_weights(), RESNET18_URL)
     return ResNet18Teacher(net)
 
 
