@@ -110,3 +110,16 @@ def test_tampered_or_mismatched_weights_are_clear_errors(trained_run: Path, tmp_
     (copy / "config.yaml").write_text(config)
     assert main(["test", "--run", str(copy), "--quiet"]) != 0
     assert "do not fit" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_with_debug_budget(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--preset", "debug", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    categories = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(categories) >= 2 and set(results) == {*categories, "mean"}
+    for category in categories:
+        assert (out / "runs" / category / "model.safetensors").exists()
+        picture = Image.open(out / "pictures" / f"{category}.png")
+        assert picture.width == 3 * 256  # image | ground truth | heat map, at the evaluation size
+    assert "pictures" in capsys.readouterr().out

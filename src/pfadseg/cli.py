@@ -165,7 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pfadseg.demo import run_demo
 
-    run_demo(Path(args.out), device=args.device, progress=not args.quiet)
+    run_demo(Path(args.out), device=args.device, preset=args.preset, progress=not args.quiet)
     return 0
 
 
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures (no downloads)")
     p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")
+    p.add_argument("--preset", default="demo", help="training budget (default demo: about 9 minutes on a 2-core CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

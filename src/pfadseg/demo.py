@@ -18,6 +18,7 @@ from pfadseg.data.demo import write_demo_dataset
 from pfadseg.data.images import load_images
 from pfadseg.evaluate import Evaluation, format_metrics_table
 from pfadseg.fileio import atomic_path, write_json_atomic
+from pfadseg.metrics import METRIC_KEYS
 from pfadseg.runs import train
 from pfadseg.visualize import outline, overlay
 
@@ -38,7 +39,9 @@ def gallery(evaluation: Evaluation, image_size: int, count: int = 6) -> Image.Im
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
-def run_demo(out: Path, device: str = "auto", seed: int = 0, progress: bool = True) -> dict[str, dict[str, float]]:
+def run_demo(
+    out: Path, device: str = "auto", seed: int = 0, preset: str = "demo", progress: bool = True
+) -> dict[str, dict[str, float]]:
     """Generate the demo data under ``out/data``, train one run per category under ``out/runs`` (replacing
     earlier demo runs), write ``out/pictures/<category>.png`` and ``out/results.json``; print the table."""
     started = time.perf_counter()
@@ -47,7 +50,7 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, progress: bool = Tr
     print(f"demo data: {', '.join(categories)} in {data_root}")
     results: dict[str, dict[str, float]] = {}
     for category in categories:
-        config = merge(preset_config("pfadseg", "demo"), {
+        config = merge(preset_config("pfadseg", preset), {
             "model": {"teacher": DEMO_TEACHER},
             "data": {"root": str(data_root), "category": category},
             "seed": seed,
@@ -62,6 +65,7 @@ def run_demo(out: Path, device: str = "auto", seed: int = 0, progress: bool = Tr
         results[category] = result.evaluation.metrics
         with atomic_path(out / "pictures" / f"{category}.png") as tmp:
             gallery(result.evaluation, config.train.image_size).save(tmp, format="PNG")
+    results["mean"] = {k: float(np.mean([r[k] for r in results.values()])) for k in METRIC_KEYS}
     write_json_atomic(out / "results.json", results)
     print(f"\nPFADSeg demo ({DEMO_TEACHER} teacher), {(time.perf_counter() - started) / 60:.1f} min")
     print(format_metrics_table(results))
