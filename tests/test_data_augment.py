@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from pfadseg.data.augment import FILL_GREY, NormalAugmentation, augmentation_for_category
+from pfadseg.data.augment import (
+    FILL_GREY,
+    NormalAugmentation,
+    augmentation_for_category,
+)
 
 
 def test_category_table() -> None:

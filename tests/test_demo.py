@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 
 from pfadseg.data.datasets import load_mvtec
-from pfadseg.data.demo import DEMO_CATEGORIES, DemoConfig, DemoItem, demo_items, render_demo_item, write_demo_dataset
+from pfadseg.data.demo import (
+    DEMO_CATEGORIES,
+    DemoConfig,
+    DemoItem,
+    demo_items,
+    render_demo_item,
+    write_demo_dataset,
+)
 
 
 @pytest.fixture(scope="module")

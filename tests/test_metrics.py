@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pfadseg.metrics import METRIC_KEYS, aupro, auroc, average_precision, evaluate_maps, iap
+from pfadseg.metrics import (
+    METRIC_KEYS,
+    aupro,
+    auroc,
+    average_precision,
+    evaluate_maps,
+    iap,
+)
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from pfadseg.data.geometry import rotate
-from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig, estimate_foreground, perlin_noise
+from pfadseg.data.synthesis import (
+    AnomalySynthesizer,
+    SynthesisConfig,
+    estimate_foreground,
+    perlin_noise,
+)
 from pfadseg.data.textures import procedural_textures
 
 

@@ -9,17 +9,35 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from pfadseg import __version__
-from pfadseg.checkpoint import CONFIG_FILE, MODEL_FILE, load_state_strict, load_tensors, metadata_json, save_tensors
-from pfadseg.config import DataConfig, RunConfig, dump_yaml, run_config_from_yaml, to_dict
+from pfadseg.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_state_strict,
+    load_tensors,
+    metadata_json,
+    save_tensors,
+)
+from pfadseg.config import (
+    DataConfig,
+    RunConfig,
+    dump_yaml,
+    run_config_from_yaml,
+    to_dict,
+)
 from pfadseg.data.augment import augmentation_for_category
-from pfadseg.data.datasets import DatasetSplits, folder_spec_from_args, load_folder, load_mvtec
+from pfadseg.data.datasets import (
+    DatasetSplits,
+    folder_spec_from_args,
+    load_folder,
+    load_mvtec,
+)
 from pfadseg.data.images import ImageCache, load_images, load_masks
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.data.textures import load_texture_folder, procedural_textures
@@ -28,7 +46,12 @@ from pfadseg.evaluate import Evaluation, evaluate
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.models import PFADSeg, build_model
 from pfadseg.training.batches import BatchMaker
-from pfadseg.training.runtime import Precision, resolve_device, resolve_precision, training_precision
+from pfadseg.training.runtime import (
+    Precision,
+    resolve_device,
+    resolve_precision,
+    training_precision,
+)
 from pfadseg.training.trainer import CHECKPOINT_FILE, Trainer
 
 METRICS_FILE = "metrics.json"

@@ -20,7 +20,13 @@ from pfadseg.data.datasets import (
     magnetic_tile_spec,
 )
 from pfadseg.data.demo import DEMO_CATEGORIES, write_demo_dataset
-from pfadseg.data.images import ImageCache, load_images, load_masks, read_image, read_mask
+from pfadseg.data.images import (
+    ImageCache,
+    load_images,
+    load_masks,
+    read_image,
+    read_mask,
+)
 from pfadseg.data.preview import synthesis_preview
 from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
 from pfadseg.data.textures import load_texture_folder, procedural_textures

@@ -55,9 +55,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from pfadseg.data.images import check_mask_matches
 from pfadseg.errors import PfadsegError

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Sequence, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from pfadseg.errors import PfadsegError
 if TYPE_CHECKING:  # pragma: no cover
     from pfadseg.data.datasets import Sample
 
-Size = Union[int, tuple[int, int]]
+Size = int | tuple[int, int]
 """An output size: ``S`` for ``S x S`` or ``(height, width)``."""
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -276,7 +277,7 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None) -> list:
 
 
 def load_images(
-    samples: Iterable["Sample"],
+    samples: Iterable[Sample],
     size: Size,
     cache: ImageCache | None = None,
     workers: int | None = None,
@@ -294,7 +295,7 @@ def load_images(
 
 
 def load_masks(
-    samples: Iterable["Sample"],
+    samples: Iterable[Sample],
     size: Size,
     cache: ImageCache | None = None,
     binarize_at: int = 128,

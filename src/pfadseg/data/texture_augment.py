@@ -21,7 +21,7 @@ Each operation runs batched over the samples that chose it at a given step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

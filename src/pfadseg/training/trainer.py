@@ -17,7 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pfadseg.checkpoint import load_state_strict, load_tensors, metadata_json, save_tensors
+from pfadseg.checkpoint import (
+    load_state_strict,
+    load_tensors,
+    metadata_json,
+    save_tensors,
+)
 from pfadseg.config import RunConfig
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import write_text_atomic

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pfadseg.errors import PfadsegError
-
 from pfadseg.checkpoint import load_state_strict
+from pfadseg.errors import PfadsegError
 
 from .base import Teacher, read_state_dict, register_teacher
 

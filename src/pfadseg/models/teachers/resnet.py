@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pfadseg.errors import PfadsegError
-
 from pfadseg.checkpoint import load_state_strict
+from pfadseg.errors import PfadsegError
 
 from .base import Teacher, read_state_dict, register_teacher
 
