@@ -53,7 +53,7 @@ class PFADSeg(nn.Module):
         self.student = Student(teacher.channels, config.block, config.zero_init_last_bn)
         self.segmentation = SegmentationNet(sum(teacher.channels), config.block, config.head)
 
-    def _features(self, x01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def features(self, x01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features of the same image (no gradients: for stage 2 and inference)."""
         x = self.teacher.normalize(x01)
         with torch.no_grad():
@@ -68,11 +68,11 @@ class PFADSeg(nn.Module):
 
     def segment(self, x01: torch.Tensor) -> torch.Tensor:
         """Stage 2 / inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4)."""
-        return self.segmentation(fuse_features(*self._features(x01)))
+        return self.segmentation(fuse_features(*self.features(x01)))
 
     def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
         """Diagnostic map (1/4 size): product over levels of the cosine distances, student and teacher on x."""
-        return distance_product(*self._features(x01))
+        return distance_product(*self.features(x01))
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the ``top_k`` highest pixels of each (N, 1, H, W) map → (N,)."""
@@ -92,7 +92,7 @@ class PFADSeg(nn.Module):
         self, x01: torch.Tensor, output_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segmentation map and score plus the student–teacher map and score, from one feature pass."""
-        teacher_feats, student_feats = self._features(x01)
+        teacher_feats, student_feats = self.features(x01)
         p = self.segmentation(fuse_features(teacher_feats, student_feats))
         return (*self.scored_map(p, output_size), *self.scored_map(distance_product(teacher_feats, student_feats), output_size))
 

@@ -45,7 +45,7 @@ def summarize(model: PFADSeg, image_size: int = 256) -> dict[str, Any]:
     model.eval()
     x = torch.rand(1, 3, image_size, image_size)
     with torch.no_grad():
-        t_feats, s_feats = model._features(x)
+        t_feats, s_feats = model.features(x)
         fused = fuse_features(t_feats, s_feats)
         out = model.segmentation(fused)
     shape = lambda t: list(t.shape[1:])  # noqa: E731 - drop the batch dimension

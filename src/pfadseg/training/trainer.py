@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -145,8 +146,6 @@ class Trainer:
         load_state_strict(self.model, model_state, path)
         self.optimizers.load_momentum_state(self.model, tensors)
         self.batches.set_rng_state({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")})
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             self.step = int(json.loads(f.metadata()["step"]))
         self._truncate_log()
