@@ -1,6 +1,6 @@
 """Retrain only stage 2 (the segmentation network) of a finished run, with other learning rates.
 
-Usage: python benchmarks/stage2_lr.py RUN STEPS LR_BLOCKS LR_HEAD [--seed 0]
+Usage: python benchmarks/stage2_lr.py RUN STEPS LR_BLOCKS LR_HEAD [--seed 0] [--set KEY=VALUE ...]
 
 Keeps the run's teacher and trained student, re-initialises the segmentation network, trains it
 STEPS steps with the run's data, synthesis, batch size and precision (SGD, momentum 0.9, weight
@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from pfadseg.config import merge, parse_override
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.images import ImageCache, load_images
 from pfadseg.data.synthesis import AnomalySynthesizer
@@ -34,10 +35,15 @@ def main() -> None:
     parser.add_argument("lr_blocks", type=float)
     parser.add_argument("lr_head", type=float)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the run's configuration for this retraining, e.g. synthesis.foreground_only=true")
     args = parser.parse_args()
 
     run = load_run(args.run)
-    config, model, device = run.config, run.model, run.device
+    model, device = run.model, run.device
+    config = run.config
+    for text in args.set:
+        config = merge(config, parse_override(text))
     torch.manual_seed(args.seed)
     model.segmentation = SegmentationNet(sum(model.teacher.channels), config.model.block, config.model.head).to(device)
     precision = training_precision(run.precision, model, device)
