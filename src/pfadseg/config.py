@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -121,8 +120,6 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         items = value if isinstance(value, (list, tuple)) else [value]
         inner = typing.get_args(hint)[0]
         return tuple(_coerce(v, inner, key) for v in items)
-    if origin in (typing.Union, types.UnionType):
-        return value  # only used for optional strings/paths here
     try:
         if hint is bool and isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

@@ -32,10 +32,6 @@ class Evaluation:
     metrics: dict[str, float]
     student_teacher_metrics: dict[str, float]
 
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([s.label for s in self.samples], dtype=np.int64)
-
 
 @torch.no_grad()
 def infer(
