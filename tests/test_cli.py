@@ -123,3 +123,16 @@ def test_demo_end_to_end_with_debug_budget(tmp_path: Path, capsys):
         picture = Image.open(out / "pictures" / f"{category}.png")
         assert picture.width == 3 * 256  # image | ground truth | heat map, at the evaluation size
     assert "pictures" in capsys.readouterr().out
+
+
+def test_predict_scores_equal_test_scores(trained_run: Path, tmp_path: Path):
+    """predict (native-size reading + resize) must score an image exactly as `pfadseg test` does."""
+    from pfadseg.api import load
+
+    maps = tmp_path / "maps"
+    assert main(["test", "--run", str(trained_run), "--save-maps", str(maps), "--quiet"]) == 0
+    rows = {r["image"]: float(r["score"]) for r in csv.DictReader((maps / "scores.csv").open())}
+    data_root = Path(__import__("yaml").safe_load((trained_run / "config.yaml").read_text())["data"]["root"])
+    detector = load(trained_run)
+    for rel, score in rows.items():
+        assert detector.predict_file(data_root / "widget" / "test" / rel).score == pytest.approx(score, abs=1e-6), rel

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pfadseg.data.datasets import list_images
-from pfadseg.data.images import read_image
+from pfadseg.data.images import read_image, resize_image
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.runs import LoadedRun, load_run, load_thresholds
@@ -61,7 +61,7 @@ class Predictor:
         """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size."""
         t = self.run.config.train
         size = (t.image_size, t.image_size)
-        batch = np.stack([np.asarray(Image.fromarray(a).resize(size[::-1], Image.BILINEAR)) for a in images])
+        batch = np.stack([resize_image(a, size) for a in images])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.run.device).float().div_(255)
         x = x.contiguous(memory_format=self.run.precision.memory_format())
         model = self.run.model

@@ -125,6 +125,11 @@ def read_image(path: str | os.PathLike, size: Size | None = None) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def resize_image(image: np.ndarray, size: Size) -> np.ndarray:
+    """An RGB ``uint8`` array resized exactly as :func:`read_image` resizes (Pillow bilinear)."""
+    return np.ascontiguousarray(np.asarray(_resize(Image.fromarray(image), size), dtype=np.uint8))
+
+
 def mask_array(img: Image.Image, binarize_at: int = 128) -> np.ndarray:
     """Binarise a mask image at its native resolution: ``True`` where ``value >= binarize_at``.
 
