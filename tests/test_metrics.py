@@ -15,6 +15,8 @@ from pfadseg.metrics import (
     average_precision,
     evaluate_maps,
     iap,
+    pr_curve,
+    roc_curve,
 )
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -40,6 +42,26 @@ def test_auroc_and_ap_match_sklearn(seed: int, decimals: int | None) -> None:
     assert average_precision(scores, labels) == pytest.approx(
         sklearn_metrics.average_precision_score(labels, scores), abs=1e-10
     )
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_roc_and_pr_curves_match_sklearn(decimals: int | None) -> None:
+    rng = np.random.default_rng(7)
+    labels = rng.random(500) < 0.3
+    scores = rng.normal(size=500) + labels
+    if decimals is not None:
+        scores = np.round(scores, decimals)
+    fpr, tpr = roc_curve(scores, labels)
+    ref_fpr, ref_tpr, _ = sklearn_metrics.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    recall, precision = pr_curve(scores, labels)
+    ref_precision, ref_recall, _ = sklearn_metrics.precision_recall_curve(labels, scores, drop_intermediate=False)
+    # scikit-learn lists thresholds ascending and appends the (recall 0, precision 1) end point.
+    np.testing.assert_allclose(recall, ref_recall[:-1][::-1])
+    np.testing.assert_allclose(precision, ref_precision[:-1][::-1])
+    with pytest.raises(ValueError):
+        roc_curve(scores, np.zeros(500, bool))
 
 
 def test_auroc_ap_float32_and_integer_labels() -> None:

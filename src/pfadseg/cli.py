@@ -1,4 +1,4 @@
-"""The ``pfadseg`` command: info, train, test, predict, demo, preview-synthesis.
+"""The ``pfadseg`` command: info, train, test, predict, demo, benchmark, preview-synthesis.
 
 Every user-fixable problem surfaces as one line on stderr and a non-zero exit, never a traceback.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from pfadseg.errors import PfadsegError
 
-TRAIN_PRESET_HELP = "training budget: paper (published recipe), fast (~10 min on a 2-core CPU), debug (seconds)"
+TRAIN_PRESET_HELP = "training budget: paper (published recipe), cpu30 (~30 min per category on a 2-core CPU), fast (~10 min), debug (seconds)"
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -170,6 +170,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PfadsegError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from pfadseg.benchmark import ABLATION_VARIANTS, dataset_from_yaml, mvtec_datasets, run_benchmark
+
+    datasets = []
+    if args.data:
+        if not args.categories:
+            raise PfadsegError("--data needs --categories NAME[,NAME...] (MVTec layout)")
+        datasets += mvtec_datasets(args.data, [c.strip() for c in args.categories.split(",") if c.strip()])
+    datasets += [dataset_from_yaml(path) for path in args.dataset_config or []]
+    if not datasets:
+        raise PfadsegError("no dataset: pass --data ROOT --categories NAMES and/or --dataset-config FILE.yaml")
+    variants = list(ABLATION_VARIANTS) if args.ablation else [v.strip() for v in args.models.split(",") if v.strip()]
+    run_benchmark(datasets, variants, _int_list(args.seeds, "--seeds"), args.preset, Path(args.out), teacher=args.teacher,
+                  teacher_weights=args.teacher_weights, overrides=args.set or [], device=args.device, progress=not args.quiet)
+    return 0
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from pfadseg.runs import write_synthesis_preview
 
@@ -254,6 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("benchmark", help="train and evaluate model variants × datasets × seeds; results.md/json and report.html")
+    p.add_argument("--data", help="MVTec-layout root (with --categories)")
+    p.add_argument("--categories", help="comma-separated MVTec categories, e.g. bottle,screw")
+    p.add_argument("--dataset-config", action="append", metavar="FILE", help="YAML of data settings for a folder dataset (repeatable), "
+                   "e.g. benchmarks/magnetic_tile.yaml")
+    p.add_argument("--models", default="pfadseg,destseg", help="comma-separated variants: pfadseg, destseg, or '+'-joined subsets of "
+                   "aff, pcar, rcm added to destseg (default pfadseg,destseg)")
+    p.add_argument("--ablation", action="store_true", help="the paper's Table 4: all seven variants")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    p.add_argument("--preset", default="fast", help=TRAIN_PRESET_HELP)
+    p.add_argument("--teacher", help="teacher backbone for every run (default: the presets' resnet18)")
+    p.add_argument("--teacher-weights", help="teacher state-dict file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any configuration value in every run (repeatable)")
+    p.add_argument("--out", required=True, help="benchmark folder: runs/, results.json, results.md, report.html")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("preview-synthesis", help="picture grid: normal image / synthetic anomaly / mask")
     _add_data_args(p, required=True)

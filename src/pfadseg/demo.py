@@ -20,7 +20,7 @@ from pfadseg.evaluate import Evaluation, format_metrics_table
 from pfadseg.fileio import atomic_path, write_json_atomic
 from pfadseg.metrics import METRIC_KEYS
 from pfadseg.runs import train
-from pfadseg.visualize import outline, overlay
+from pfadseg.visualize import comparison_row
 
 DEMO_TEACHER = "efficientnet_lite0"
 
@@ -32,10 +32,7 @@ def gallery(evaluation: Evaluation, image_size: int, count: int = 6) -> Image.Im
     good = [i for i in order if not evaluation.samples[i].label][:2]
     chosen = defective + good
     images = load_images([evaluation.samples[i] for i in chosen], evaluation.maps.shape[-1]).permute(0, 2, 3, 1).numpy()
-    rows = []
-    for image, i in zip(images, chosen):
-        truth = outline(image, evaluation.masks[i], (0, 255, 0))
-        rows.append(np.concatenate([image, truth, overlay(image, evaluation.maps[i])], axis=1))
+    rows = [comparison_row(image, evaluation.masks[i], evaluation.maps[i]) for image, i in zip(images, chosen)]
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-__all__ = ["auroc", "average_precision", "aupro", "iap", "evaluate_maps", "METRIC_KEYS"]
+__all__ = ["auroc", "average_precision", "aupro", "iap", "evaluate_maps", "roc_curve", "pr_curve", "METRIC_KEYS"]
 
 #: Keys of :func:`evaluate_maps`' result, in reporting order.
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
@@ -190,6 +190,25 @@ def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
     scores_arr, labels_arr = _as_scores(scores, "scores"), _as_binary(labels, "labels")
     _check_same_shape(scores_arr, labels_arr, "scores", "labels")
     return _average_precision_from(_Sweep.build(scores_arr, labels_arr), "average precision")
+
+
+def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct threshold, starting from (0, 0): the curve :func:`auroc` integrates."""
+    scores_arr, labels_arr = _as_scores(scores, "scores"), _as_binary(labels, "labels")
+    _check_same_shape(scores_arr, labels_arr, "scores", "labels")
+    sweep = _Sweep.build(scores_arr, labels_arr)
+    n_pos, n_neg = int(sweep.tps[-1]), int(sweep.fps[-1])
+    _require_both_classes(n_pos, n_neg, "ROC curve")
+    return np.concatenate(([0.0], sweep.fps / n_neg)), np.concatenate(([0.0], sweep.tps / n_pos))
+
+
+def pr_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, highest threshold first: the points :func:`average_precision` sums."""
+    scores_arr, labels_arr = _as_scores(scores, "scores"), _as_binary(labels, "labels")
+    _check_same_shape(scores_arr, labels_arr, "scores", "labels")
+    sweep = _Sweep.build(scores_arr, labels_arr)
+    _require_both_classes(int(sweep.tps[-1]), int(sweep.fps[-1]), "PR curve")
+    return sweep.tps / sweep.tps[-1], sweep.tps / sweep.n_above
 
 
 # --------------------------------------------------------------------------------------------

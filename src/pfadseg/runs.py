@@ -55,6 +55,7 @@ from pfadseg.training.runtime import (
 from pfadseg.training.trainer import CHECKPOINT_FILE, Trainer
 
 METRICS_FILE = "metrics.json"
+RUN_INFO_FILE = "run_info.json"
 
 
 def load_splits(data: DataConfig) -> DatasetSplits:
@@ -108,7 +109,7 @@ class TrainResult:
         return None if self.evaluation is None else self.evaluation.metrics
 
 
-def _absolute_paths(config: RunConfig) -> RunConfig:
+def absolute_paths(config: RunConfig) -> RunConfig:
     """Data paths made absolute, so that the saved config works from any directory."""
     data = config.data
     absolute = lambda p: str(Path(p).resolve()) if p else p  # noqa: E731
@@ -152,7 +153,7 @@ def train(
         if (run_dir / MODEL_FILE).is_file() and not (run_dir / CHECKPOINT_FILE).is_file():
             raise PfadsegError(f"{run_dir}: this run has already finished; nothing to resume")
     else:
-        config = _absolute_paths(config)
+        config = absolute_paths(config)
     device = resolve_device(config.device)
     precision = resolve_precision(config.train.precision, config.train.channels_last, device)
     size = config.train.image_size
@@ -197,7 +198,36 @@ def train(
         evaluation = evaluate(model, splits.test, size, config.train.eval_size, precision, device,
                               config.train.eval_batch_size, splits.binarize_at, cache, progress)
         write_metrics(run_dir, evaluation)
-    return TrainResult(run_dir, config, evaluation, time.perf_counter() - started, summary)
+    seconds = time.perf_counter() - started
+    write_json_atomic(run_dir / RUN_INFO_FILE, {"seconds": seconds, "resumed": resume, **summary,
+                                                "device": str(device), "precision": train_precision.name, **environment()})
+    return TrainResult(run_dir, config, evaluation, seconds, summary)
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def environment() -> dict[str, object]:
+    """Versions and machine facts recorded beside every result, so numbers can be compared honestly."""
+    import platform
+
+    import numpy
+
+    return {
+        "versions": {"pfadseg": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()},
+        "machine": {"cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+    }
 
 
 def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE) -> None:

@@ -35,3 +35,8 @@ def outline(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (
     out = image.copy()
     out[m & ~interior] = color
     return out
+
+
+def comparison_row(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
+    """image | image with the ground truth outlined in green | heat-map overlay, side by side."""
+    return np.concatenate([image, outline(image, mask, (0, 255, 0)), overlay(image, anomaly_map)], axis=1)
