@@ -61,7 +61,8 @@ def test_predict_writes_maps_overlays_masks_and_decisions(trained_run: Path, tmp
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert [Path(r["image"]).name for r in rows] == ["flat.png", "noise.jpg"]
     assert all(r["decision"] in ("OK", "NG") and 0 <= float(r["score"]) <= 1 for r in rows)
-    assert all((float(r["score"]) >= 0.5) == (r["decision"] == "NG") for r in rows)  # default threshold
+    threshold = json.loads((trained_run / "thresholds.json").read_text())["image"]  # calibrated after training
+    assert all((float(r["score"]) >= threshold) == (r["decision"] == "NG") for r in rows)
 
 
 def test_predict_reports_unreadable_files_and_fails(trained_run: Path, tmp_path: Path, capsys):

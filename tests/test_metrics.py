@@ -55,8 +55,9 @@ def test_roc_and_pr_curves_match_sklearn(decimals: int | None) -> None:
     ref_fpr, ref_tpr, _ = sklearn_metrics.roc_curve(labels, scores, drop_intermediate=False)
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
-    recall, precision = pr_curve(scores, labels)
-    ref_precision, ref_recall, _ = sklearn_metrics.precision_recall_curve(labels, scores, drop_intermediate=False)
+    recall, precision, thresholds = pr_curve(scores, labels)
+    ref_precision, ref_recall, ref_thresholds = sklearn_metrics.precision_recall_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(thresholds, ref_thresholds[::-1])
     # scikit-learn lists thresholds ascending and appends the (recall 0, precision 1) end point.
     np.testing.assert_allclose(recall, ref_recall[:-1][::-1])
     np.testing.assert_allclose(precision, ref_precision[:-1][::-1])

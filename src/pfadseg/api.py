@@ -15,8 +15,8 @@ from typing import Any
 
 from pfadseg.config import RunConfig, merge, preset_config
 from pfadseg.evaluate import Evaluation, save_maps
-from pfadseg.predict import Predictor, predict_to_folder
-from pfadseg.runs import TrainResult, load_run, load_run_config
+from pfadseg.predict import Predictor, open_backend, predict_to_folder
+from pfadseg.runs import TrainResult, load_run_config
 from pfadseg.runs import test as _test
 from pfadseg.runs import train as _train
 
@@ -77,12 +77,12 @@ def test(run_dir: str | Path, *, data: str | Path | None = None, category: str |
     return evaluation
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Predictor:
-    """A trained run ready for inference (``predict_file``, ``predict_arrays``)."""
-    return Predictor(load_run(run_dir, device))
+def load(model: str | Path, device: str = "auto") -> Predictor:
+    """A run directory or an exported ``.onnx`` file, ready for inference (``predict_file``, ``predict_arrays``)."""
+    return Predictor(open_backend(model, device))
 
 
-def predict(run_dir: str | Path, inputs: list[str | Path], out: str | Path, *, device: str = "auto",
+def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, device: str = "auto",
             batch_size: int = 8, progress: bool = True) -> str:
     """``pfadseg predict``: overlays, maps, masks and ``predictions.csv`` in ``out``; returns the summary line."""
-    return predict_to_folder(run_dir, [str(i) for i in inputs], Path(out), device=device, batch_size=batch_size, progress=progress)
+    return predict_to_folder(model, [str(i) for i in inputs], Path(out), device=device, batch_size=batch_size, progress=progress)

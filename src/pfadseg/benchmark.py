@@ -102,7 +102,7 @@ def curves(evaluation: Evaluation) -> dict[str, dict[str, list[float]]]:
     """Image-level ROC and pixel-level PR curves of an evaluation, thinned for the report."""
     labels = np.array([s.label for s in evaluation.samples], dtype=bool)
     fpr, tpr = roc_curve(evaluation.scores, labels)
-    recall, precision = pr_curve(evaluation.maps, evaluation.masks)
+    recall, precision, _ = pr_curve(evaluation.maps, evaluation.masks)
     return {"image_roc": _thin(fpr, tpr), "pixel_pr": _thin(recall, precision)}
 
 

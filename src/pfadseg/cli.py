@@ -1,4 +1,4 @@
-"""The ``pfadseg`` command: info, train, test, predict, demo, benchmark, preview-synthesis.
+"""The ``pfadseg`` command: info, train, test, predict, export, calibrate, demo, benchmark, preview-synthesis.
 
 Every user-fixable problem surfaces as one line on stderr and a non-zero exit, never a traceback.
 """
@@ -75,6 +75,8 @@ def _config_from_args(args: argparse.Namespace):
     for key in ("seed", "device"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
+    if args.target_fpr is not None:
+        flags["calibration"] = {"target_fpr": args.target_fpr}
     config = merge(config, flags)
     for text in args.set or []:
         config = merge(config, parse_override(text))
@@ -146,8 +148,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     if overrides:
         base = load_run_config(args.run).data
         data = replace(base, **overrides)
+    from pfadseg.thresholds import decision_rates, format_rates, load_thresholds
+
     evaluation = test(args.run, data, device=args.device, progress=not args.quiet)
     print(format_table(evaluation))
+    thresholds = load_thresholds(args.run)
+    labels = [s.label for s in evaluation.samples]
+    print(f"OK/NG at the run's image threshold {thresholds['image']:.4f}: "
+          f"{format_rates(decision_rates(evaluation.scores, labels, thresholds['image']))}")
     if args.save_maps:
         save_maps(evaluation, Path(args.save_maps))
         print(f"maps: {args.save_maps}")
@@ -157,9 +165,26 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pfadseg.predict import predict_to_folder
 
-    summary = predict_to_folder(args.run, args.inputs, Path(args.out), device=args.device, batch_size=args.batch_size,
+    if bool(args.run) == bool(args.model):
+        raise PfadsegError("give either --run RUN_DIR or --model FILE.onnx")
+    summary = predict_to_folder(args.run or args.model, args.inputs, Path(args.out), device=args.device, batch_size=args.batch_size,
                                 progress=not args.quiet)
     print(summary)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pfadseg.export import export_onnx
+
+    report = export_onnx(args.run, args.out, check=not args.no_check, batch_size=args.batch_size)
+    print(report.summary())
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pfadseg.runs import format_calibration, recalibrate
+
+    print(format_calibration(recalibrate(args.run, args.target_fpr, device=args.device, progress=not args.quiet)))
     return 0
 
 
@@ -227,6 +252,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--segmentation-steps", type=int, help="stage-2 iterations")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast where the hardware has it")
     g.add_argument("--seed", type=int, help="fixes initialisation, sampling and synthesis")
+    g.add_argument("--target-fpr", type=float, help="OK/NG thresholds aim at this false-alarm rate on held-out normal images (default 0.01)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
 
 
@@ -264,13 +290,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("predict", help="anomaly maps, overlays, masks and OK/NG decisions for new images")
-    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--run", help="run directory (PyTorch)")
+    p.add_argument("--model", help="exported .onnx file (onnxruntime; torch is not needed)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="the run as one ONNX file (uint8 image in; map and score out), checked against PyTorch")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", help="output file (default RUN/model.onnx)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check on the run's test images")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("calibrate", help="set a run's OK/NG thresholds again, e.g. for another false-alarm rate")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--target-fpr", type=float, help="false-alarm rate on normal images (default: the run's, 0.01)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures (no downloads)")
     p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")

@@ -60,6 +60,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """OK/NG thresholds, set after training on normal images held out from train/good."""
+
+    target_fpr: float = 0.01  # false-alarm rate the image and pixel thresholds aim at
+    holdout: float = 0.1  # fraction of train/good kept out of training for calibration (0: no calibration)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved as ``config.yaml`` in the run directory."""
 
@@ -67,6 +75,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     seed: int = 0
     device: str = "auto"
 

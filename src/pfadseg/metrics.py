@@ -193,7 +193,7 @@ def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
 
 
 def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every distinct threshold, starting from (0, 0): the curve :func:`auroc` integrates."""
+    """(FPR, TPR) at every distinct threshold (descending), starting from (0, 0): the curve :func:`auroc` integrates."""
     scores_arr, labels_arr = _as_scores(scores, "scores"), _as_binary(labels, "labels")
     _check_same_shape(scores_arr, labels_arr, "scores", "labels")
     sweep = _Sweep.build(scores_arr, labels_arr)
@@ -202,13 +202,16 @@ def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
     return np.concatenate(([0.0], sweep.fps / n_neg)), np.concatenate(([0.0], sweep.tps / n_pos))
 
 
-def pr_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """(recall, precision) at every distinct threshold, highest threshold first: the points :func:`average_precision` sums."""
+def pr_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall, precision, threshold) at every distinct threshold, highest first: the points :func:`average_precision` sums.
+
+    A pixel or image counts as positive at threshold t when its score is >= t.
+    """
     scores_arr, labels_arr = _as_scores(scores, "scores"), _as_binary(labels, "labels")
     _check_same_shape(scores_arr, labels_arr, "scores", "labels")
     sweep = _Sweep.build(scores_arr, labels_arr)
     _require_both_classes(int(sweep.tps[-1]), int(sweep.fps[-1]), "PR curve")
-    return sweep.tps / sweep.tps[-1], sweep.tps / sweep.n_above
+    return sweep.tps / sweep.tps[-1], sweep.tps / sweep.n_above, sweep.thresholds
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""``pfadseg predict``: anomaly maps, overlays, binary masks and OK/NG decisions for new images."""
+"""``pfadseg predict``: anomaly maps, overlays, binary masks and OK/NG decisions for new images.
+
+Torch is not imported here: a run directory brings in :mod:`pfadseg.torch_backend`, an exported
+``.onnx`` file only :mod:`pfadseg.onnx_backend` (onnxruntime).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,19 @@ import csv
 import io
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from pfadseg.data.datasets import list_images
-from pfadseg.data.images import read_image, resize_image
+from pfadseg.data.images import read_image, resize_image, resize_map
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
-from pfadseg.runs import LoadedRun, load_run, load_thresholds
 from pfadseg.visualize import overlay
 
 
@@ -49,31 +52,41 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     return found
 
 
+class Backend(Protocol):
+    """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,)."""
+
+    name: str
+    image_size: int
+    thresholds: dict[str, float]
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def open_backend(model: str | Path, device: str = "auto") -> Backend:
+    """A run directory (PyTorch) or an exported ``.onnx`` file (onnxruntime; torch is not imported)."""
+    path = Path(model)
+    if path.suffix.lower() == ".onnx":
+        from pfadseg.onnx_backend import OnnxBackend
+
+        return OnnxBackend(path)
+    from pfadseg.torch_backend import TorchBackend
+
+    return TorchBackend(path, device)
+
+
 class Predictor:
-    """Runs a loaded model on images of any size; decisions use the run's thresholds."""
+    """Runs a backend on images of any size; maps come back at each image's own size, decisions use its thresholds."""
 
-    def __init__(self, run: LoadedRun) -> None:
-        self.run = run
-        self.thresholds = load_thresholds(run.run_dir)
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.thresholds = backend.thresholds
 
-    @torch.no_grad()
     def predict_arrays(self, images: list[np.ndarray], paths: list[Path]) -> list[Prediction]:
         """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size."""
-        t = self.run.config.train
-        size = (t.image_size, t.image_size)
-        batch = np.stack([resize_image(a, size) for a in images])
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.run.device).float().div_(255)
-        x = x.contiguous(memory_format=self.run.precision.memory_format())
-        model = self.run.model
-        with self.run.precision.autocast(self.run.device):
-            p = model.segment(x).float()
-        scores = model.scored_map(p, (t.eval_size, t.eval_size))[1].cpu().numpy()
-        results = []
-        for i, (image, path) in enumerate(zip(images, paths)):
-            native = F.interpolate(p[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False)
-            score = float(scores[i])
-            results.append(Prediction(path, native[0, 0].cpu().numpy(), score, score >= self.thresholds["image"]))
-        return results
+        size = self.backend.image_size
+        maps, scores = self.backend(np.stack([resize_image(a, size) for a in images]))
+        return [Prediction(path, resize_map(m, image.shape[:2]), float(score), float(score) >= self.thresholds["image"])
+                for image, path, m, score in zip(images, paths, maps, scores)]
 
     def predict_file(self, path: str | Path) -> Prediction:
         """One image file → its prediction."""
@@ -91,8 +104,19 @@ class Predictor:
             Image.fromarray(mask).save(tmp, format="PNG")
 
 
+def _read_batch(items: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path, np.ndarray]], list[tuple[Path, str]]]:
+    """Decode one batch of files: (path, rel, image) for the readable ones, (path, error) for the others."""
+    good, bad = [], []
+    for path, rel in items:
+        try:
+            good.append((path, rel, read_image(path)))
+        except PfadsegError as err:
+            bad.append((path, str(err)))
+    return good, bad
+
+
 def predict_to_folder(
-    run_dir: str | Path,
+    model: str | Path,
     inputs: list[str],
     out_dir: Path,
     device: str = "auto",
@@ -101,39 +125,46 @@ def predict_to_folder(
 ) -> str:
     """Predict every input image into ``out_dir`` with ``predictions.csv``; returns a one-paragraph summary.
 
-    An unreadable image is reported on stderr and listed as ERROR; the others are still processed,
-    and the command then fails (non-zero exit) naming how many could not be read.
+    ``model`` is a run directory or an exported ``.onnx`` file. Images stream through in batches:
+    a reader thread decodes the next batch while the model runs on this one, so memory stays
+    bounded by two batches however large the folder. An unreadable image is reported on stderr
+    and listed as ERROR; the others are still processed, and the command then fails (non-zero
+    exit) naming how many could not be read.
     """
-    predictor = Predictor(load_run(run_dir, device))
+    if batch_size < 1:
+        raise PfadsegError(f"--batch-size must be at least 1, got {batch_size}")
+    predictor = Predictor(open_backend(model, device))
     items = collect_inputs(inputs)
     rows: list[list[str]] = []
     failures = 0
     started = time.perf_counter()
-    bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(items), batch_size):
-        chunk, images = [], []
-        for path, rel in items[start : start + batch_size]:
-            try:
-                images.append(read_image(path))
-                chunk.append((path, rel))
-            except PfadsegError as err:
-                print(f"pfadseg: error: {err}", file=sys.stderr)
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    bar = tqdm(total=len(items), desc=f"predict ({predictor.backend.name})", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(_read_batch, batches[0]) if batches else None
+        for n in range(len(batches)):
+            good, bad = pending.result()
+            pending = reader.submit(_read_batch, batches[n + 1]) if n + 1 < len(batches) else None
+            for path, error in bad:
+                print(f"pfadseg: error: {error}", file=sys.stderr)
                 rows.append([str(path), "", "ERROR"])
-                failures += 1
-        if chunk:
-            for pred, image, (_, rel) in zip(predictor.predict_arrays(images, [p for p, _ in chunk]), images, chunk):
-                predictor.write(pred, image, out_dir, rel)
-                rows.append([str(pred.path), f"{pred.score:.6f}", "NG" if pred.is_anomalous else "OK"])
-        bar.update(len(items[start : start + batch_size]))
+            failures += len(bad)
+            if good:
+                images = [image for _, _, image in good]
+                for pred, image, (_, rel, _) in zip(predictor.predict_arrays(images, [p for p, _, _ in good]), images, good):
+                    predictor.write(pred, image, out_dir, rel)
+                    rows.append([str(pred.path), f"{pred.score:.6f}", "NG" if pred.is_anomalous else "OK"])
+            bar.update(len(batches[n]))
     bar.close()
     buf = io.StringIO()
     csv.writer(buf).writerows([["image", "score", "decision"], *rows])
     write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
     seconds = time.perf_counter() - started
+    done = len(items) - failures
     ng = sum(r[2] == "NG" for r in rows)
-    summary = (f"{len(items) - failures} images in {seconds:.1f} s ({(len(items) - failures) / max(seconds, 1e-9):.1f} images/s): "
-               f"{ng} NG, {len(items) - failures - ng} OK (image threshold {predictor.thresholds['image']:.4f}); "
-               f"results in {out_dir}, table {out_dir / 'predictions.csv'}")
+    summary = (f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s, {predictor.backend.name}): "
+               f"{ng} NG, {done - ng} OK (image threshold {predictor.thresholds['image']:.4f}, pixel threshold "
+               f"{predictor.thresholds['pixel']:.4f}); results in {out_dir}, table {out_dir / 'predictions.csv'}")
     if failures:
         raise PfadsegError(f"{failures} of {len(items)} images could not be read (listed as ERROR in {out_dir / 'predictions.csv'})")
     return summary

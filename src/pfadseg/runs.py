@@ -7,12 +7,12 @@ A run directory holds ``config.yaml`` (the full resolved configuration), ``model
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pfadseg import __version__
@@ -34,7 +34,9 @@ from pfadseg.config import (
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.datasets import (
     DatasetSplits,
+    Sample,
     folder_spec_from_args,
+    holdout_split,
     load_folder,
     load_mvtec,
 )
@@ -42,9 +44,10 @@ from pfadseg.data.images import ImageCache, load_images, load_masks
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.data.textures import load_texture_folder, procedural_textures
 from pfadseg.errors import PfadsegError
-from pfadseg.evaluate import Evaluation, evaluate
+from pfadseg.evaluate import Evaluation, evaluate, infer
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.models import PFADSeg, build_model
+from pfadseg.thresholds import THRESHOLDS_FILE, decision_rates, f1_threshold, format_rates, fpr_threshold, load_thresholds
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.runtime import (
     Precision,
@@ -162,8 +165,11 @@ def train(
     splits = load_splits(config.data)
     cache = ImageCache()
     log(f"data: {splits.summary()}")
-    images = load_images(splits.train, size, cache).to(device)
-    load_images(splits.test, size, cache)  # decode the test split now: a bad file fails before training
+    train_samples, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
+    if held_out:
+        log(f"calibration: {len(held_out)} normal training images held out to set the OK/NG thresholds")
+    images = load_images(train_samples, size, cache).to(device)
+    load_images(held_out + splits.test, size, cache)  # decode everything now: a bad file fails before training
     load_masks(splits.test, config.train.eval_size, cache, binarize_at=splits.binarize_at)
     textures = load_texture_source(config.data, size, config.seed).to(device)
     torch.manual_seed(config.seed)
@@ -197,6 +203,11 @@ def train(
         model.to(memory_format=precision.memory_format())
         evaluation = evaluate(model, splits.test, size, config.train.eval_size, precision, device,
                               config.train.eval_batch_size, splits.binarize_at, cache, progress)
+    if held_out:
+        thresholds = calibrate(model, held_out, evaluation, config, precision, device, cache=cache)
+        write_json_atomic(run_dir / THRESHOLDS_FILE, thresholds)
+        log(format_calibration(thresholds))
+    if evaluation is not None:
         write_metrics(run_dir, evaluation)
     seconds = time.perf_counter() - started
     write_json_atomic(run_dir / RUN_INFO_FILE, {"seconds": seconds, "resumed": resume, **summary,
@@ -231,8 +242,70 @@ def environment() -> dict[str, object]:
 
 
 def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE) -> None:
-    """``metrics.json``: the six metrics (fractions) plus the student–teacher diagnostic."""
-    write_json_atomic(run_dir / name, {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics})
+    """``metrics.json``: the six metrics (fractions), the student–teacher diagnostic, and what the
+    run's OK/NG thresholds decide on these test images."""
+    labels = np.array([s.label for s in evaluation.samples], dtype=bool)
+    decisions = decision_rates(evaluation.scores, labels, load_thresholds(run_dir)["image"])
+    write_json_atomic(run_dir / name, {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics, "decisions": decisions})
+
+
+def calibrate(
+    model: PFADSeg,
+    held_out: list[Sample],
+    evaluation: Evaluation | None,
+    config: RunConfig,
+    precision: Precision,
+    device: torch.device,
+    target_fpr: float | None = None,
+    cache: ImageCache | None = None,
+) -> dict:
+    """Thresholds at the target false-alarm rate on held-out normal images, and the F1-optimal ones on labelled test data."""
+    t = config.train
+    fpr = config.calibration.target_fpr if target_fpr is None else target_fpr
+    maps, scores, _, _ = infer(model, load_images(held_out, t.image_size, cache), precision, device, t.eval_size, t.eval_batch_size)
+    result: dict = {"image": fpr_threshold(scores.numpy(), fpr), "pixel": fpr_threshold(maps.numpy(), fpr), "target_fpr": fpr,
+                    "calibration_images": [s.rel_path for s in held_out]}
+    if evaluation is not None:
+        labels = np.array([s.label for s in evaluation.samples], dtype=bool)
+        image_f1, image_best = f1_threshold(evaluation.scores, labels)
+        pixel_f1, pixel_best = f1_threshold(evaluation.maps, evaluation.masks)
+        result["f1_optimal"] = {"image": image_f1, "image_f1": image_best, "pixel": pixel_f1, "pixel_f1": pixel_best}
+        result["test"] = {"calibrated": decision_rates(evaluation.scores, labels, result["image"]),
+                          "f1_optimal": decision_rates(evaluation.scores, labels, image_f1)}
+    return result
+
+
+def format_calibration(thresholds: dict) -> str:
+    """The calibration in a few readable lines."""
+    lines = [f"thresholds at {100 * thresholds['target_fpr']:g} % target false alarms ({len(thresholds['calibration_images'])} held-out "
+             f"normal images): image {thresholds['image']:.4f}, pixel {thresholds['pixel']:.4f}"]
+    if "test" in thresholds:
+        f1 = thresholds["f1_optimal"]
+        lines.append(f"  on the test split: {format_rates(thresholds['test']['calibrated'])}")
+        lines.append(f"  F1-optimal on the test split: image {f1['image']:.4f} (F1 {100 * f1['image_f1']:.1f}), pixel {f1['pixel']:.4f} "
+                     f"(F1 {100 * f1['pixel_f1']:.1f}); {format_rates(thresholds['test']['f1_optimal'])}")
+    return "\n".join(lines)
+
+
+def recalibrate(run_dir: str | Path, target_fpr: float | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """``pfadseg calibrate``: set a run's thresholds again (e.g. for another target false-alarm rate)."""
+    run = load_run(run_dir, device)
+    config = run.config
+    splits = load_splits(config.data)
+    _, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
+    if not held_out:
+        raise PfadsegError(f"{run.run_dir}: no normal images were held out of training (calibration.holdout is 0); "
+                           "train with --set calibration.holdout=0.1 to calibrate")
+    evaluation = None
+    if splits.test:
+        t = config.train
+        evaluation = evaluate(run.model, splits.test, t.image_size, t.eval_size, run.precision, run.device, t.eval_batch_size,
+                              splits.binarize_at, progress=progress)
+    thresholds = calibrate(run.model, held_out, evaluation, config, run.precision, run.device, target_fpr)
+    write_json_atomic(run.run_dir / THRESHOLDS_FILE, thresholds)
+    if evaluation is not None:
+        write_metrics(run.run_dir, evaluation)
+    return thresholds
 
 
 @dataclass
@@ -287,22 +360,6 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     if not (run_dir / CONFIG_FILE).is_file():
         raise PfadsegError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     return run_config_from_yaml(run_dir / CONFIG_FILE)
-
-
-THRESHOLDS_FILE = "thresholds.json"
-DEFAULT_THRESHOLDS = {"image": 0.5, "pixel": 0.5}
-
-
-def load_thresholds(run_dir: str | Path) -> dict[str, float]:
-    """The run's decision thresholds (``thresholds.json``); without one, 0.5 on the sigmoid output."""
-    path = Path(run_dir) / THRESHOLDS_FILE
-    if not path.is_file():
-        return dict(DEFAULT_THRESHOLDS)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {"image": float(data["image"]), "pixel": float(data["pixel"])}
-    except (ValueError, KeyError, TypeError) as err:
-        raise PfadsegError(f"{path}: unreadable thresholds ({err})") from None
 
 
 def write_synthesis_preview(config: RunConfig, out: Path, rows: int = 8) -> Path:

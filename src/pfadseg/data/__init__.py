@@ -7,50 +7,6 @@ randAugment), :mod:`~pfadseg.data.textures` (texture sources), :mod:`~pfadseg.da
 (per-category normal-image augmentation), :mod:`~pfadseg.data.geometry` (batched rotation),
 :mod:`~pfadseg.data.demo` (built-in synthetic dataset), :mod:`~pfadseg.data.preview`
 (synthesis preview picture).
+
+Nothing is imported here, so that reading images does not pull in torch (the ONNX path).
 """
-
-from pfadseg.data.augment import NormalAugmentation, augmentation_for_category
-from pfadseg.data.datasets import (
-    DatasetSplits,
-    FolderSpec,
-    Sample,
-    folder_spec_from_args,
-    load_folder,
-    load_mvtec,
-    magnetic_tile_spec,
-)
-from pfadseg.data.demo import DEMO_CATEGORIES, write_demo_dataset
-from pfadseg.data.images import (
-    ImageCache,
-    load_images,
-    load_masks,
-    read_image,
-    read_mask,
-)
-from pfadseg.data.preview import synthesis_preview
-from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
-from pfadseg.data.textures import load_texture_folder, procedural_textures
-
-__all__ = [
-    "AnomalySynthesizer",
-    "DEMO_CATEGORIES",
-    "DatasetSplits",
-    "FolderSpec",
-    "ImageCache",
-    "NormalAugmentation",
-    "Sample",
-    "SynthesisConfig",
-    "augmentation_for_category",
-    "folder_spec_from_args",
-    "load_folder",
-    "load_images",
-    "load_masks",
-    "load_mvtec",
-    "load_texture_folder",
-    "magnetic_tile_spec",
-    "procedural_textures",
-    "read_image",
-    "read_mask",
-    "synthesis_preview",
-    "write_demo_dataset",
-]

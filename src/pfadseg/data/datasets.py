@@ -111,6 +111,21 @@ class DatasetSplits:
         )
 
 
+def holdout_split(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split ``fraction`` of the normal training images off (seeded, order kept) to calibrate thresholds on.
+
+    Returns (images that train, images held out). A positive fraction holds out at least one
+    image and always leaves at least one to train on.
+    """
+    if not 0 <= fraction < 1:
+        raise PfadsegError(f"calibration hold-out fraction must be in [0, 1), got {fraction}")
+    if fraction == 0 or len(train) < 2:
+        return list(train), []
+    count = min(len(train) - 1, max(1, round(fraction * len(train))))
+    chosen = set(random.Random(seed).sample(range(len(train)), count))
+    return [s for i, s in enumerate(train) if i not in chosen], [s for i, s in enumerate(train) if i in chosen]
+
+
 def _normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
     """Lower-case extensions with a leading dot; ``None`` or empty means all image types."""
     if not extensions:

@@ -11,6 +11,9 @@
 * :class:`ImageCache` keeps decoded and resized arrays for one run, so that every file is
   decoded once; :func:`load_images` / :func:`load_masks` build batches from samples and decode
   the missing ones on a small thread pool (Pillow releases the GIL while decoding).
+
+Only the two batch builders need torch, and they import it themselves: the readers serve the
+torch-free ONNX prediction path as well.
 """
 
 from __future__ import annotations
@@ -23,16 +26,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pfadseg.errors import PfadsegError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from pfadseg.data.datasets import Sample
 
 Size = int | tuple[int, int]
 """An output size: ``S`` for ``S x S`` or ``(height, width)``."""
+
+#: Largest image read, in pixels (a 32k x 32k line-scan frame). Pillow's own guard refuses
+#: anything above 179 M pixels as a possible decompression bomb; line cameras exceed that, so
+#: importing this module raises Pillow's limit to this one (never lowers it).
+MAX_PIXELS = 1 << 30
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS // 2:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow errors at twice this value and warns above it
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -62,14 +73,14 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         img = Image.open(path)
     except UnidentifiedImageError:
         raise PfadsegError(f"{path}: not an image file (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError:
+        raise PfadsegError(f"{path}: image too large (more than {MAX_PIXELS:,} pixels)") from None
     except OSError as exc:
         raise PfadsegError(f"{path}: cannot open image ({exc})") from None
     try:
         img.load()  # force the full decode: catches truncated and corrupt files
     except (OSError, SyntaxError, ValueError) as exc:
         raise PfadsegError(f"{path}: truncated or corrupt image ({exc})") from None
-    except Image.DecompressionBombError as exc:  # pragma: no cover - needs a giant file
-        raise PfadsegError(f"{path}: image too large ({exc})") from None
     return img
 
 
@@ -152,15 +163,19 @@ def mask_array(img: Image.Image, binarize_at: int = 128) -> np.ndarray:
     return arr >= binarize_at
 
 
+def resize_map(values: np.ndarray, size: Size) -> np.ndarray:
+    """A float (H, W) array resized with Pillow's bilinear filter, as float32."""
+    h, w = _hw(size)
+    if values.shape == (h, w):
+        return values.astype(np.float32, copy=True)
+    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+
+
 def resize_mask(mask: np.ndarray, size: Size | None) -> np.ndarray:
     """Resize a boolean mask bilinearly as a float image, then threshold at 0.5."""
     if size is None:
         return mask.astype(bool, copy=False)
-    h, w = _hw(size)
-    if mask.shape == (h, w):
-        return mask.astype(bool, copy=True)
-    fimg = Image.fromarray(mask.astype(np.float32), mode="F")
-    return np.asarray(fimg.resize((w, h), Image.BILINEAR)) >= 0.5
+    return resize_map(mask.astype(np.float32), size) >= 0.5
 
 
 def read_mask(path: str | os.PathLike, size: Size | None = None, binarize_at: int = 128) -> np.ndarray:
@@ -288,6 +303,8 @@ def load_images(
     workers: int | None = None,
 ) -> torch.Tensor:
     """Images of ``samples`` as ``torch.uint8`` ``(N, 3, H, W)`` (decoded once per cache)."""
+    import torch
+
     cache = cache if cache is not None else ImageCache(enabled=False)
     samples = list(samples)
     h, w = _hw(size)
@@ -311,6 +328,8 @@ def load_masks(
     Samples without a mask (good images) get an all-zero mask. A defective sample without a
     mask path is an error: its pixel ground truth is unknown.
     """
+    import torch
+
     cache = cache if cache is not None else ImageCache(enabled=False)
     samples = list(samples)
     h, w = _hw(size)

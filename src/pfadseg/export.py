@@ -1,0 +1,132 @@
+"""``pfadseg export``: a run as one ONNX file with normalisation inside, checked against PyTorch.
+
+The file takes ``image``: uint8 RGB ``(N, 3, H, W)`` at the trained size (N dynamic) and gives
+``anomaly_map``: float32 ``(N, 1, H, W)`` and ``score``: float32 ``(N,)``, the score exactly as
+``pfadseg test`` computes it. The run's image size and OK/NG thresholds travel in the file's
+metadata, so ``pfadseg predict --model FILE.onnx`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pfadseg import __version__
+from pfadseg.config import dump_yaml
+from pfadseg.data.images import load_images
+from pfadseg.errors import PfadsegError
+from pfadseg.fileio import atomic_path
+from pfadseg.models.deployed import DeployedModel
+from pfadseg.onnx_backend import META_IMAGE_SIZE, META_THRESHOLDS, OnnxBackend
+from pfadseg.runs import load_run, load_splits
+from pfadseg.thresholds import load_thresholds
+
+MAP_TOLERANCE = 1e-4
+SCORE_TOLERANCE = 1e-5
+OPSET = 18
+
+
+@dataclass
+class ExportReport:
+    """Where the file went and how closely onnxruntime reproduces PyTorch (fp32) on the check images."""
+
+    path: Path
+    images: int = 0
+    max_map_difference: float = 0.0
+    max_score_difference: float = 0.0
+    onnx_images_per_second: float = 0.0
+    torch_images_per_second: float = 0.0
+
+    def summary(self) -> str:
+        if not self.images:
+            return f"{self.path}: written without the parity check"
+        return (f"{self.path}: parity on {self.images} images: max |Δmap| {self.max_map_difference:.2e} (≤ {MAP_TOLERANCE:g}), "
+                f"max |Δscore| {self.max_score_difference:.2e} (≤ {SCORE_TOLERANCE:g}); onnxruntime {self.onnx_images_per_second:.1f} "
+                f"images/s, PyTorch fp32 {self.torch_images_per_second:.1f} images/s")
+
+
+def _timed_batches(fn, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Run ``fn`` over ``batch`` in chunks; (maps, scores, images per second)."""
+    maps, scores = [], []
+    started = time.perf_counter()
+    for i in range(0, len(batch), batch_size):
+        m, s = fn(batch[i : i + batch_size])
+        maps.append(m)
+        scores.append(s)
+    return np.concatenate(maps), np.concatenate(scores), len(batch) / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Keep the exporter's step-by-step printout, its notes about torchvision ops and torch-internal warnings off the console."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations, not the user's concern
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bool = True, batch_size: int = 8) -> ExportReport:
+    """Export ``run_dir`` to ``out`` (default ``RUN/model.onnx``); with ``check``, compare with PyTorch on the run's test images
+    and refuse to write a file that disagrees."""
+    import onnx
+
+    run = load_run(run_dir, device="cpu", precision="fp32")
+    config = run.config
+    size = config.train.image_size
+    deployed = DeployedModel(run.model.to(memory_format=torch.contiguous_format), config.train.eval_size).eval()
+    out = Path(out) if out else run.run_dir / "model.onnx"
+    images = None
+    if check:  # read the check images first: a missing dataset fails before anything is written
+        splits = load_splits(config.data)
+        samples = splits.test or splits.train
+        images = load_images(samples, size).permute(0, 2, 3, 1).numpy()
+    with atomic_path(out) as tmp:
+        with torch.no_grad(), _quiet_exporter():
+            torch.onnx.export(deployed, (torch.zeros(2, 3, size, size, dtype=torch.uint8),), str(tmp), input_names=["image"],
+                              output_names=["anomaly_map", "score"], opset_version=OPSET, dynamo=True, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+        model = onnx.load(str(tmp))
+        metadata = {META_IMAGE_SIZE: str(size), META_THRESHOLDS: json.dumps(load_thresholds(run.run_dir)),
+                    "pfadseg.version": __version__, "pfadseg.config": dump_yaml(config)}
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        model.doc_string = "PFADSeg anomaly detector: uint8 RGB image (N,3,H,W) -> anomaly_map (N,1,H,W), score (N,)"
+        onnx.save(model, str(tmp))
+        if images is None:
+            return ExportReport(out)
+        report = check_parity(tmp, deployed, images, batch_size)
+        report.path = out
+    return report
+
+
+def check_parity(path: Path, deployed: DeployedModel, images: np.ndarray, batch_size: int) -> ExportReport:
+    """Run the ONNX file and the PyTorch model (fp32) on the same images; raise if they disagree."""
+
+    @torch.no_grad()
+    def torch_fn(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = deployed(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous())
+        return maps[:, 0].numpy(), scores.numpy()
+
+    ref_maps, ref_scores, torch_speed = _timed_batches(torch_fn, images, batch_size)
+    maps, scores, onnx_speed = _timed_batches(OnnxBackend(path), images, batch_size)
+    report = ExportReport(path, len(images), float(np.abs(maps - ref_maps).max()), float(np.abs(scores - ref_scores).max()),
+                          onnx_speed, torch_speed)
+    if report.max_map_difference > MAP_TOLERANCE or report.max_score_difference > SCORE_TOLERANCE:
+        raise PfadsegError(f"{path.name}: the ONNX model disagrees with PyTorch (max |Δmap| {report.max_map_difference:.2e}, "
+                           f"max |Δscore| {report.max_score_difference:.2e}); nothing was written")
+    return report

@@ -1,0 +1,28 @@
+"""The model as a line runs it: uint8 images in, anomaly map and image score out."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfadseg.models.pfadseg import PFADSeg
+
+
+class DeployedModel(nn.Module):
+    """uint8 RGB ``(N, 3, H, W)`` at the trained size → map ``(N, 1, H, W)`` float32 and score ``(N,)``.
+
+    Scaling to [0, 1] and the teacher's normalisation happen inside, and the score is computed
+    exactly as ``pfadseg test`` computes it (top-k mean of the map at the evaluation size), so this
+    one module serves the PyTorch predictor and the ONNX export alike.
+    """
+
+    def __init__(self, model: PFADSeg, eval_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.eval_size = eval_size
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.model.segment(image.float() / 255.0).float()
+        _, score = self.model.scored_map(p, (self.eval_size, self.eval_size))
+        return F.interpolate(p, size=image.shape[-2:], mode="bilinear", align_corners=False), score

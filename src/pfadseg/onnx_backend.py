@@ -1,0 +1,44 @@
+"""Inference through onnxruntime from an exported ``.onnx`` file: no torch import on this path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pfadseg.errors import PfadsegError
+
+#: Metadata keys ``pfadseg export`` writes into the ONNX file.
+META_IMAGE_SIZE = "pfadseg.image_size"
+META_THRESHOLDS = "pfadseg.thresholds"
+
+
+class OnnxBackend:
+    """An exported model as a prediction backend, with the thresholds stored in the file at export."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise PfadsegError("predicting with an .onnx file needs onnxruntime: pip install 'pfadseg[onnx]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise PfadsegError(f"{path}: no such file")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for every kind of bad file
+            raise PfadsegError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.image_size = int(meta[META_IMAGE_SIZE])
+            self.thresholds = {k: float(v) for k, v in json.loads(meta[META_THRESHOLDS]).items()}
+        except (KeyError, ValueError) as err:
+            raise PfadsegError(f"{path}: not a pfadseg export (metadata {err} missing or unreadable)") from None
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W, 3) uint8 → maps (N, H, W) float32 at the trained size and scores (N,)."""
+        maps, scores = self.session.run(["anomaly_map", "score"], {"image": np.ascontiguousarray(batch.transpose(0, 3, 1, 2))})
+        return maps[:, 0], scores

@@ -1,0 +1,33 @@
+"""Inference through PyTorch from a run directory: the run's device, precision and thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pfadseg.models.deployed import DeployedModel
+from pfadseg.runs import load_run
+from pfadseg.thresholds import load_thresholds
+
+
+class TorchBackend:
+    """A run directory as a prediction backend: RGB uint8 batches at the trained size → maps and scores."""
+
+    name = "pytorch"
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str | None = None) -> None:
+        self.run = load_run(run_dir, device, precision)
+        self.image_size = self.run.config.train.image_size
+        self.thresholds = load_thresholds(run_dir)
+        self.deployed = DeployedModel(self.run.model, self.run.config.train.eval_size).eval()
+
+    @torch.no_grad()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W, 3) uint8 → maps (N, H, W) float32 at the trained size and scores (N,)."""
+        run = self.run
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(run.device).contiguous(memory_format=run.precision.memory_format())
+        with run.precision.autocast(run.device):
+            maps, scores = self.deployed(x)
+        return maps[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()
