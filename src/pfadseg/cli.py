@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -125,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
     out = Path(args.out or _default_run_dir(config))
     result = train(config, out, teacher_weights=args.teacher_weights, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     s = result.summary
     print(f"\nrun: {result.run_dir}  ({result.seconds / 60:.1f} min; student {s.get('student_seconds', 0) / 60:.1f} min, "
           f"segmentation {s.get('segmentation_seconds', 0) / 60:.1f} min)")

@@ -49,6 +49,7 @@ from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.models import PFADSeg, build_model
 from pfadseg.thresholds import THRESHOLDS_FILE, decision_rates, f1_threshold, format_rates, fpr_threshold, load_thresholds
 from pfadseg.training.batches import BatchMaker
+from pfadseg.training.distributed import init_distributed
 from pfadseg.training.runtime import (
     Precision,
     resolve_device,
@@ -106,6 +107,7 @@ class TrainResult:
     evaluation: Evaluation | None
     seconds: float
     summary: dict[str, float]
+    model: PFADSeg
 
     @property
     def metrics(self) -> dict[str, float] | None:
@@ -158,6 +160,11 @@ def train(
     else:
         config = absolute_paths(config)
     device = resolve_device(config.device)
+    distributed = init_distributed(device.type)
+    if distributed.enabled and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
+    if not distributed.is_main:
+        log = _silent
     precision = resolve_precision(config.train.precision, config.train.channels_last, device)
     size = config.train.image_size
 
@@ -175,26 +182,34 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config.model, pretrained=not resume, teacher_weights=None if resume else teacher_weights).to(device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_text_atomic(run_dir / CONFIG_FILE, dump_yaml(config))
+    if distributed.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_text_atomic(run_dir / CONFIG_FILE, dump_yaml(config))
     train_precision = training_precision(precision, model, device)
     batches = BatchMaker(
         images,
         AnomalySynthesizer(textures, config.synthesis),
         augmentation_for_category(_augmentation_name(config.data)),
-        config.train.batch_size,
+        distributed.per_rank_batch(config.train.batch_size),
         config.seed,
         train_precision.memory_format(),
+        rank=distributed.rank,
+        world_size=distributed.world_size,
     )
-    trainer = Trainer(model, config, batches, train_precision, run_dir, device)
+    trainer = Trainer(model, config, batches, train_precision, run_dir, device, distributed)
     if resume:
         trainer.load_checkpoint()
         log(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
     log(f"training on {device} ({train_precision.name}{', channels_last' if train_precision.channels_last else ''}): "
         f"{config.train.student_steps} student + {config.train.segmentation_steps} segmentation steps, "
         f"batch {config.train.batch_size}, {size}×{size}")
+    if distributed.enabled:
+        log(f"data-parallel over {distributed.world_size} processes, {batches.batch_size} images each per step")
     summary = trainer.fit(progress=progress)
+    if not distributed.is_main:  # rank 0 writes the run; the others wait for it and leave
+        distributed.barrier()
+        return TrainResult(run_dir, config, None, time.perf_counter() - started, summary, model)
     save_model(model, config, run_dir)
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
@@ -211,8 +226,14 @@ def train(
         write_metrics(run_dir, evaluation)
     seconds = time.perf_counter() - started
     write_json_atomic(run_dir / RUN_INFO_FILE, {"seconds": seconds, "resumed": resume, **summary,
-                                                "device": str(device), "precision": train_precision.name, **environment()})
-    return TrainResult(run_dir, config, evaluation, seconds, summary)
+                                                "device": str(device), "precision": train_precision.name,
+                                                "processes": distributed.world_size, **environment()})
+    distributed.barrier()
+    return TrainResult(run_dir, config, evaluation, seconds, summary, model)
+
+
+def _silent(message: str) -> None:
+    """The log of the replicas other than rank 0."""
 
 
 def _cpu_name() -> str:

@@ -62,7 +62,7 @@ from pathlib import Path
 from pfadseg.data.images import check_mask_matches
 from pfadseg.errors import PfadsegError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 """File extensions read as images (compared case-insensitively)."""
 
 

@@ -59,16 +59,22 @@ class PFADSeg(nn.Module):
         with torch.no_grad():
             return self.teacher.features(x), self.student(x)
 
-    def distillation_maps(self, clean: torch.Tensor, synthetic: torch.Tensor) -> list[torch.Tensor]:
-        """Stage 1: per-level cosine distances, teacher on the clean image vs student on the synthetic one."""
+    def distillation_maps(self, clean: torch.Tensor, synthetic: torch.Tensor, student: nn.Module | None = None) -> list[torch.Tensor]:
+        """Stage 1: per-level cosine distances, teacher on the clean image vs student on the synthetic one.
+
+        ``student``: a wrapper of ``self.student`` to run instead (DistributedDataParallel in multi-process training).
+        """
         with torch.no_grad():
             teacher_feats = self.teacher(clean)
-        student_feats = self.student(self.teacher.normalize(synthetic))
+        student_feats = (student or self.student)(self.teacher.normalize(synthetic))
         return [cosine_distance(t, s) for t, s in zip(teacher_feats, student_feats)]
 
-    def segment(self, x01: torch.Tensor) -> torch.Tensor:
-        """Stage 2 / inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4)."""
-        return self.segmentation(fuse_features(*self.features(x01)))
+    def segment(self, x01: torch.Tensor, segmentation: nn.Module | None = None) -> torch.Tensor:
+        """Stage 2 / inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4).
+
+        ``segmentation``: a wrapper of ``self.segmentation`` to run instead (as in :meth:`distillation_maps`).
+        """
+        return (segmentation or self.segmentation)(fuse_features(*self.features(x01)))
 
     def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
         """Diagnostic map (1/4 size): product over levels of the cosine distances, student and teacher on x."""

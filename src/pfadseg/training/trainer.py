@@ -7,6 +7,7 @@ teacher–student similarities of the synthetic image against the synthetic mask
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from pfadseg.errors import PfadsegError
 from pfadseg.fileio import write_text_atomic
 from pfadseg.models import PFADSeg
 from pfadseg.training.batches import BatchMaker
+from pfadseg.training.distributed import Distributed
 from pfadseg.training.losses import cosine_loss, segmentation_loss
 from pfadseg.training.runtime import Precision
 
@@ -90,13 +92,18 @@ class Trainer:
         precision: Precision,
         run_dir: Path,
         device: torch.device,
+        distributed: Distributed | None = None,
     ) -> None:
-        self.model = model
+        self.model = model.to(memory_format=precision.memory_format())
         self.config = config
         self.batches = batches
         self.precision = precision
         self.run_dir = run_dir
         self.device = device
+        self.distributed = distributed or Distributed()
+        # What each stage trains, as DistributedDataParallel replicas under torchrun.
+        self.student_net = self.distributed.wrap(model.student)
+        self.segmentation_net = self.distributed.wrap(model.segmentation)
         self.optimizers = Optimizers.create(model, config)
         self.step = 0
 
@@ -113,7 +120,7 @@ class Trainer:
         clean, synthetic, _ = self.batches.next()
         self.model.student.train()
         with self.precision.autocast(self.device):
-            loss = cosine_loss(self.model.distillation_maps(clean, synthetic))
+            loss = cosine_loss(self.model.distillation_maps(clean, synthetic, self.student_net))
         self.optimizers.student.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers.student.step()
@@ -124,7 +131,7 @@ class Trainer:
         self.model.student.eval()
         self.model.segmentation.train()
         with self.precision.autocast(self.device):
-            loss = segmentation_loss(self.model.segment(synthetic), mask, self.config.train.focal_gamma)
+            loss = segmentation_loss(self.model.segment(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers.segmentation.step()
@@ -162,10 +169,10 @@ class Trainer:
     def fit(self, progress: bool = True) -> dict[str, float]:
         """Train to the end; returns a summary (seconds per stage, final losses)."""
         t = self.config.train
-        self.model.to(memory_format=self.precision.memory_format())
+        main = self.distributed.is_main  # only rank 0 shows progress, logs and checkpoints
         summary: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="it", dynamic_ncols=True)
-        with (self.run_dir / LOG_FILE).open("a", encoding="utf-8") as log:
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="it", dynamic_ncols=True)
+        with (self.run_dir / LOG_FILE).open("a", encoding="utf-8") if main else contextlib.nullcontext() as log:
             while self.step < self.total_steps:
                 stage = self.stage(self.step)
                 started = time.perf_counter()
@@ -183,10 +190,13 @@ class Trainer:
                 bar.set_description(f"stage {stage} ({key})")
                 bar.set_postfix(loss=f"{loss:.4f}")
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                if main and (self.step % t.log_every == 0 or self.step == self.total_steps):
                     log.write(json.dumps({"step": self.step, "stage": stage, "loss": loss, "seconds": round(seconds, 4)}) + "\n")
                     log.flush()
-                if self.step % t.checkpoint_every == 0 or self.step == t.student_steps:
+                if self.step == t.student_steps:
+                    self.distributed.sync_buffers(self.model.student)
+                if main and (self.step % t.checkpoint_every == 0 or self.step == t.student_steps):
                     self.save_checkpoint()
+        self.distributed.sync_buffers(self.model)  # replicas end identical: rank 0's BatchNorm statistics everywhere
         bar.close()
         return summary

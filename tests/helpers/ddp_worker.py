@@ -1,0 +1,22 @@
+"""One replica of a 2-process data-parallel debug run (started by torchrun from test_distributed.py).
+
+Usage: torchrun --nproc_per_node 2 ddp_worker.py DATA_ROOT OUT_DIR. Trains through the real
+runs.train, then saves this replica's weights as OUT_DIR/rank<R>.safetensors for comparison.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from pfadseg.checkpoint import save_tensors
+from pfadseg.config import merge, preset_config
+from pfadseg.runs import train
+
+data_root, out = sys.argv[1], Path(sys.argv[2])
+config = merge(preset_config("pfadseg", "debug"), {
+    "model": {"teacher": "efficientnet_lite0"},
+    "data": {"root": data_root, "category": "widget"},
+    "train": {"student_steps": 3, "segmentation_steps": 3},
+})
+result = train(config, out / "run", progress=False)
+save_tensors(out / f"rank{os.environ['RANK']}.safetensors", result.model.state_dict())
