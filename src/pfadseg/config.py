@@ -201,5 +201,8 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 def run_config_from_yaml(path: str | Path) -> RunConfig:
-    return from_dict(RunConfig, load_yaml(path))
+    """A saved run's configuration. Runs saved before calibration existed held nothing out (holdout 0)."""
+    data = load_yaml(path)
+    data.setdefault("calibration", {"holdout": 0.0})
+    return from_dict(RunConfig, data)
 

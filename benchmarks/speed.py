@@ -1,0 +1,223 @@
+"""Speed benchmark: training steps, inference throughput and memory of the pfadseg and destseg
+presets, measured side by side against this machine's own matrix-multiply peak.
+
+    python benchmarks/speed.py --out DIR [--presets pfadseg,destseg] [--image-size 256] [--device auto]
+
+For each preset: stage-1 and stage-2 training step times at batch 16 (fp32 eager, the reference
+implementations' way, and bf16 autocast with the memory format training uses), inference
+images/s at batch 1 and 32 (fp32 eager; bf16 + channels_last; the same under torch.compile),
+peak RSS of a fresh process predicting at batch 1, and achieved FLOP/s (2 x counted MACs x
+images/s) as a fraction of the measured bf16 and fp32 matmul peaks. Every figure is the median
+of several timed repeats after warm-up, with min and max. Writes DIR/speed.json and DIR/speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pfadseg.config import DataConfig, merge, preset_config
+from pfadseg.data.augment import augmentation_for_category
+from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.models import build_model
+from pfadseg.models.summary import summarize
+from pfadseg.runs import environment, load_texture_source
+from pfadseg.training.batches import BatchMaker
+from pfadseg.training.runtime import Precision, resolve_device, training_precision
+from pfadseg.training.trainer import Trainer
+
+TEACHER = "efficientnet_lite0"  # the offline teacher: ImageNet weights without a download
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median, min and max seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "repeats": repeats}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
+    """Measured FLOP/s of an n x n matrix product in ``dtype``: the machine's practical ceiling."""
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+    t = timed(lambda: a @ b, device, warmup=2, repeats=5)
+    return 2 * n**3 / t["median"]
+
+
+def inference(model: torch.nn.Module, precision: Precision, device: torch.device, size: int, batch: int,
+              compile_model: bool, warmup: int, repeats: int) -> dict[str, float]:
+    """images/s of the whole model (teacher, student, segmentation net, map and score) at one batch size."""
+    model = model.to(memory_format=precision.memory_format()).eval()
+    forward = torch.compile(model) if compile_model else model
+    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=precision.memory_format())
+
+    @torch.inference_mode()
+    def run() -> None:
+        with precision.autocast(device):
+            forward(x)
+
+    compile_started = time.perf_counter()
+    run()  # first call: compiles when asked
+    compile_seconds = time.perf_counter() - compile_started
+    t = timed(run, device, warmup, repeats)
+    return {"images_per_second": batch / t["median"], "seconds": t, "first_call_seconds": compile_seconds}
+
+
+def training_steps(preset: str, precision: Precision, device: torch.device, size: int, batch: int,
+                   warmup: int, repeats: int) -> dict[str, dict]:
+    """Seconds per stage-1 and stage-2 step (synthesis, forward, backward, SGD) of the real Trainer."""
+    config = merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}, "train": {"image_size": size, "batch_size": batch}})
+    torch.manual_seed(0)
+    model = build_model(config.model).to(device)
+    precision = training_precision(precision, model, device)
+    images = torch.randint(0, 256, (max(2 * batch, 32), 3, size, size), dtype=torch.uint8, device=device)
+    textures = load_texture_source(DataConfig(), size, 0).to(device)
+    batches = BatchMaker(images, AnomalySynthesizer(textures, config.synthesis), augmentation_for_category("none"), batch, 0,
+                         precision.memory_format())
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, config, batches, precision, Path(tmp), device)
+        stage1 = timed(trainer.student_step, device, warmup, repeats)
+        stage2 = timed(trainer.segmentation_step, device, warmup, repeats)
+    return {"memory_format": "channels_last" if precision.channels_last else "contiguous", "stage1": stage1, "stage2": stage2}
+
+
+def rss_probe(preset: str, size: int) -> None:
+    """(Run in a fresh process.) Predict at batch 1 in bf16/channels_last where available; print the peak RSS in MB."""
+    from pfadseg.training.runtime import resolve_precision
+
+    device = torch.device("cpu")
+    model = build_model(merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}}).model).eval()
+    precision = resolve_precision("auto", True, device)
+    model = model.to(memory_format=precision.memory_format())
+    x = torch.rand(1, 3, size, size).contiguous(memory_format=precision.memory_format())
+    with torch.inference_mode(), precision.autocast(device):
+        for _ in range(3):
+            model(x)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(preset: str, size: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--rss-probe", preset, "--image-size", str(size)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def benchmark(presets: list[str], size: int, device: torch.device, compiled: list[str], log: Callable[[str], None]) -> dict:
+    bf16 = Precision(torch.bfloat16, True)
+    fp32 = Precision(None, False)
+    result: dict = {"image_size": size, "device": str(device), "environment": environment(),
+                    "peak_flops": {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}}
+    log(f"matmul peak: fp32 {result['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s, bf16 {result['peak_flops']['bf16'] / 1e9:.0f} GFLOP/s")
+    for preset in presets:
+        model = build_model(merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}}).model).to(device)
+        macs = summarize(model, size)["macs_per_image"]["inference"]
+        entry: dict = {"macs_per_image": macs, "inference": {}, "training": {}}
+        modes = [("fp32 eager", fp32, False), ("bf16 + channels_last", bf16, False)]
+        if preset in compiled:
+            modes.append(("bf16 + channels_last + compile", bf16, True))
+        for name, precision, use_compile in modes:
+            row = {}
+            # Compiling takes minutes per input shape on a 2-core CPU: the compiled model is timed at batch 32 only.
+            for batch, repeats in ((32, 3),) if use_compile else ((1, 10), (32, 3)):
+                try:
+                    row[f"batch{batch}"] = inference(model, precision, device, size, batch, use_compile, 1, repeats)
+                except Exception as err:  # torch.compile needs a C++ compiler; say so instead of hiding the row
+                    row[f"batch{batch}"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+                log(f"{preset} inference {name} batch {batch}: {row[f'batch{batch}']}")
+            entry["inference"][name] = row
+        for name, precision in (("fp32 eager", fp32), ("bf16", bf16)):
+            entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 3)
+            log(f"{preset} training {name}: {entry['training'][name]}")
+        if device.type == "cpu":
+            entry["peak_rss_mb_batch1"] = peak_rss(preset, size)
+        result[preset] = entry
+    return result
+
+
+def markdown(result: dict, presets: list[str]) -> str:
+    peak = result["peak_flops"]
+    lines = [f"# Speed at {result['image_size']}×{result['image_size']} on {result['device']} "
+             f"({result['environment']['machine']['cpu']}, {result['environment']['machine']['cpu_threads']} threads)", "",
+             f"Measured matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s. "
+             "Medians of timed repeats after warm-up; [min–max] in brackets.", "",
+             "## Inference", "",
+             "| preset | mode | batch 1 img/s | batch 32 img/s | × fp32 (b32) | TFLOP/s (b32) | % bf16 peak | % fp32 peak |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for preset in presets:
+        entry = result[preset]
+        base = entry["inference"]["fp32 eager"]["batch32"].get("images_per_second")
+        for mode, row in entry["inference"].items():
+            b1, b32 = row.get("batch1", {}), row["batch32"]
+            if "error" in b32 or "error" in b1:
+                lines.append(f"| {preset} | {mode} | {b1.get('error', '')} | {b32.get('error', '')} | | | | |")
+                continue
+            flops = 2 * entry["macs_per_image"] * b32["images_per_second"]
+            spread = b32["seconds"]
+            batch1 = f"{b1['images_per_second']:.2f}" if b1 else "not timed"
+            lines.append(f"| {preset} | {mode} | {batch1} | {b32['images_per_second']:.2f} "
+                         f"[{32 / spread['max']:.2f}–{32 / spread['min']:.2f}] | {b32['images_per_second'] / base:.2f} | "
+                         f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |")
+    lines += ["", "## Training steps (batch 16)", "",
+              "| preset | precision | memory format | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for preset in presets:
+        steps = result[preset]["training"]
+        ref = steps["fp32 eager"]
+        for name, s in steps.items():
+            cells = [f"{s[k]['median']:.2f} [{s[k]['min']:.2f}–{s[k]['max']:.2f}]" for k in ("stage1", "stage2")]
+            gains = [f"{ref[k]['median'] / s[k]['median']:.2f}" for k in ("stage1", "stage2")]
+            lines.append(f"| {preset} | {name} | {s['memory_format']} | {' | '.join(cells)} | {' | '.join(gains)} |")
+    lines += ["", "## Memory and cost", "", "| preset | GMAC/image | peak RSS, batch-1 inference (MB) |", "|---|---:|---:|"]
+    for preset in presets:
+        entry = result[preset]
+        lines.append(f"| {preset} | {entry['macs_per_image'] / 1e9:.2f} | {entry.get('peak_rss_mb_batch1', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--presets", default="pfadseg,destseg")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="pfadseg", help="presets also timed under torch.compile (comma-separated; '' for none)")
+    parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        rss_probe(args.rss_probe, args.image_size)
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    presets = [p for p in args.presets.split(",") if p]
+    compiled = [p for p in args.compile.split(",") if p]
+    result = benchmark(presets, args.image_size, resolve_device(args.device), compiled, lambda m: print(m, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(result, indent=2))
+    (args.out / "speed.md").write_text(markdown(result, presets))
+    print(markdown(result, presets))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
