@@ -2,7 +2,9 @@
 
 A run directory holds ``config.yaml`` (the full resolved configuration), ``model.safetensors``
 (all weights, teacher included, so a run needs no download to be used), ``train_log.jsonl``,
-``metrics.json`` when there was a test split, and while training ``checkpoint.safetensors``.
+``metrics.json`` when there was a test split, ``thresholds.json`` (the calibrated OK/NG
+thresholds), ``run_info.json`` (wall time, versions, machine) and while training
+``checkpoint.safetensors``.
 """
 
 from __future__ import annotations
