@@ -16,7 +16,7 @@ from pfadseg.data.images import ImageCache, load_images, load_masks
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
 from pfadseg.models import PFADSeg
-from pfadseg.training.runtime import Precision
+from pfadseg.training.runtime import Precision, to_device
 
 
 @dataclass
@@ -48,7 +48,7 @@ def infer(
     size = (output_size, output_size)
     maps, scores, st_maps, st_scores = [], [], [], []
     for start in tqdm(range(0, len(images), batch_size), desc="evaluate", disable=not progress, unit="batch"):
-        x = images[start : start + batch_size].to(device).float().div_(255)
+        x = to_device(images[start : start + batch_size], device).float().div_(255)
         x = x.contiguous(memory_format=precision.memory_format())
         with precision.autocast(device):
             anomaly_map, score, st_map, st_score = model.forward_with_diagnostic(x, size)

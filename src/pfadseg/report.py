@@ -129,7 +129,8 @@ def render_report(results: dict[str, Any], galleries: dict[str, dict[str, Any]])
     records = [RunRecord(**r) for r in results["runs"]]
     env = results["environment"]
     body = [f"<h1>pfadseg benchmark: preset {html.escape(results['preset'])}</h1>",
-            f"<p>{html.escape(results['created'])} · {len(records)} runs · {results['seconds'] / 60:.1f} min · "
+            f"<p>{html.escape(results['created'])} · {len(records)} runs, {sum(r.seconds or 0 for r in records) / 60:.1f} min of "
+            "training and evaluation · "
             f"pfadseg {html.escape(env['versions']['pfadseg'])}, torch {html.escape(env['versions']['torch'])} · "
             f"{html.escape(str(env['machine']['cpu']))}, {env['machine']['cpu_threads']} threads</p>",
             "<p>Mean ± sample standard deviation over seeds, in percent; min/run is the wall time of one run.</p>",

@@ -10,6 +10,7 @@ import torch
 from pfadseg.models.deployed import DeployedModel
 from pfadseg.runs import load_run
 from pfadseg.thresholds import load_thresholds
+from pfadseg.training.runtime import to_device
 
 
 class TorchBackend:
@@ -27,7 +28,7 @@ class TorchBackend:
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W, 3) uint8 → maps (N, H, W) float32 at the trained size and scores (N,)."""
         run = self.run
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(run.device).contiguous(memory_format=run.precision.memory_format())
+        x = to_device(torch.from_numpy(batch).permute(0, 3, 1, 2), run.device).contiguous(memory_format=run.precision.memory_format())
         with run.precision.autocast(run.device):
             maps, scores = self.deployed(x)
         return maps[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()

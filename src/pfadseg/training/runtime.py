@@ -22,6 +22,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host → device copy; to a GPU through pinned memory without blocking, so copies overlap compute."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def cpu_has_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
