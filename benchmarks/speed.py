@@ -29,11 +29,12 @@ import torch
 from pfadseg.config import DataConfig, merge, preset_config
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.models import build_model
 from pfadseg.models.summary import summarize
 from pfadseg.runs import environment, load_texture_source
 from pfadseg.training.batches import BatchMaker
-from pfadseg.training.runtime import Precision, resolve_device, training_precision
+from pfadseg.training.runtime import Precision, resolve_device
 from pfadseg.training.trainer import Trainer
 
 TEACHER = "efficientnet_lite0"  # the offline teacher: ImageNet weights without a download
@@ -90,7 +91,6 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
     config = merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}, "train": {"image_size": size, "batch_size": batch}})
     torch.manual_seed(0)
     model = build_model(config.model).to(device)
-    precision = training_precision(precision, model, device)
     images = torch.randint(0, 256, (max(2 * batch, 32), 3, size, size), dtype=torch.uint8, device=device)
     textures = load_texture_source(DataConfig(), size, 0).to(device)
     batches = BatchMaker(images, AnomalySynthesizer(textures, config.synthesis), augmentation_for_category("none"), batch, 0,
@@ -99,7 +99,8 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
         trainer = Trainer(model, config, batches, precision, Path(tmp), device)
         stage1 = timed(trainer.student_step, device, warmup, repeats)
         stage2 = timed(trainer.segmentation_step, device, warmup, repeats)
-    return {"memory_format": "channels_last" if precision.channels_last else "contiguous", "stage1": stage1, "stage2": stage2}
+    formats = ["channels_last" if trainer.stage_precision[k].channels_last else "contiguous" for k in (1, 2)]
+    return {"memory_format": " / ".join(formats), "stage1": stage1, "stage2": stage2}
 
 
 def rss_probe(preset: str, size: int) -> None:
@@ -179,7 +180,7 @@ def markdown(result: dict, presets: list[str]) -> str:
                          f"[{32 / spread['max']:.2f}–{32 / spread['min']:.2f}] | {b32['images_per_second'] / base:.2f} | "
                          f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |")
     lines += ["", "## Training steps (batch 16)", "",
-              "| preset | precision | memory format | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |",
+              "| preset | precision | memory format (stage 1 / 2) | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |",
               "|---|---|---|---:|---:|---:|---:|"]
     for preset in presets:
         steps = result[preset]["training"]
@@ -213,8 +214,8 @@ def main() -> int:
     compiled = [p for p in args.compile.split(",") if p]
     result = benchmark(presets, args.image_size, resolve_device(args.device), compiled, lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(result, indent=2))
-    (args.out / "speed.md").write_text(markdown(result, presets))
+    write_json_atomic(args.out / "speed.json", result)
+    write_text_atomic(args.out / "speed.md", markdown(result, presets))
     print(markdown(result, presets))
     return 0
 

@@ -23,7 +23,8 @@ TRAIN = ["train", "--category", "widget", "--preset", "debug", "--teacher", "eff
 
 
 def test_run_directory_contents(trained_run: Path):
-    assert {p.name for p in trained_run.iterdir()} == {"config.yaml", "model.safetensors", "train_log.jsonl", "metrics.json"}
+    assert {p.name for p in trained_run.iterdir()} == {"config.yaml", "model.safetensors", "train_log.jsonl", "metrics.json",
+                                                      "thresholds.json", "run_info.json"}
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics) and all(0 <= metrics[k] <= 1 for k in METRIC_KEYS)
     log = [json.loads(line) for line in (trained_run / "train_log.jsonl").read_text().splitlines()]

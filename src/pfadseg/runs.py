@@ -56,7 +56,6 @@ from pfadseg.training.runtime import (
     Precision,
     resolve_device,
     resolve_precision,
-    training_precision,
 )
 from pfadseg.training.trainer import CHECKPOINT_FILE, Trainer
 
@@ -188,22 +187,22 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_text_atomic(run_dir / CONFIG_FILE, dump_yaml(config))
-    train_precision = training_precision(precision, model, device)
     batches = BatchMaker(
         images,
         AnomalySynthesizer(textures, config.synthesis),
         augmentation_for_category(_augmentation_name(config.data)),
         distributed.per_rank_batch(config.train.batch_size),
         config.seed,
-        train_precision.memory_format(),
+        precision.memory_format(),
         rank=distributed.rank,
         world_size=distributed.world_size,
     )
-    trainer = Trainer(model, config, batches, train_precision, run_dir, device, distributed)
+    trainer = Trainer(model, config, batches, precision, run_dir, device, distributed)
     if resume:
         trainer.load_checkpoint()
         log(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
-    log(f"training on {device} ({train_precision.name}{', channels_last' if train_precision.channels_last else ''}): "
+    formats = ", ".join(f"stage {k} {'channels_last' if p.channels_last else 'contiguous'}" for k, p in trainer.stage_precision.items())
+    log(f"training on {device} ({precision.name}; {formats}): "
         f"{config.train.student_steps} student + {config.train.segmentation_steps} segmentation steps, "
         f"batch {config.train.batch_size}, {size}×{size}")
     if distributed.enabled:
@@ -228,7 +227,7 @@ def train(
         write_metrics(run_dir, evaluation)
     seconds = time.perf_counter() - started
     write_json_atomic(run_dir / RUN_INFO_FILE, {"seconds": seconds, "resumed": resume, **summary,
-                                                "device": str(device), "precision": train_precision.name,
+                                                "device": str(device), "precision": precision.name,
                                                 "processes": distributed.world_size, **environment()})
     distributed.barrier()
     return TrainResult(run_dir, config, evaluation, seconds, summary, model)

@@ -32,7 +32,7 @@ from pfadseg.models import PFADSeg
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed
 from pfadseg.training.losses import cosine_loss, segmentation_loss
-from pfadseg.training.runtime import Precision
+from pfadseg.training.runtime import Precision, training_precision
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "train_log.jsonl"
@@ -94,13 +94,18 @@ class Trainer:
         device: torch.device,
         distributed: Distributed | None = None,
     ) -> None:
-        self.model = model.to(memory_format=precision.memory_format())
+        self.model = model
         self.config = config
         self.batches = batches
-        self.precision = precision
+        # Per stage, the run's precision in a memory format the backend trains that stage's network
+        # correctly in (see training_precision): the student and the segmentation net may differ.
+        self.stage_precision = {1: training_precision(precision, model.student, device),
+                                2: training_precision(precision, model.segmentation, device)}
         self.run_dir = run_dir
         self.device = device
         self.distributed = distributed or Distributed()
+        self._format_stage = 0
+        self._enter_stage(1)
         # What each stage trains, as DistributedDataParallel replicas under torchrun.
         self.student_net = self.distributed.wrap(model.student)
         self.segmentation_net = self.distributed.wrap(model.segmentation)
@@ -116,10 +121,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step of each stage
 
+    def _enter_stage(self, stage: int) -> None:
+        """Put the model and the batches in the stage's memory format (once per stage change)."""
+        if self._format_stage != stage:
+            memory_format = self.stage_precision[stage].memory_format()
+            self.model.to(memory_format=memory_format)
+            self.batches.memory_format = memory_format
+            self._format_stage = stage
+
     def student_step(self) -> float:
+        self._enter_stage(1)
         clean, synthetic, _ = self.batches.next()
         self.model.student.train()
-        with self.precision.autocast(self.device):
+        with self.stage_precision[1].autocast(self.device):
             loss = cosine_loss(self.model.distillation_maps(clean, synthetic, self.student_net))
         self.optimizers.student.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,10 +141,11 @@ class Trainer:
         return loss.item()
 
     def segmentation_step(self) -> float:
+        self._enter_stage(2)
         _, synthetic, mask = self.batches.next()
         self.model.student.eval()
         self.model.segmentation.train()
-        with self.precision.autocast(self.device):
+        with self.stage_precision[2].autocast(self.device):
             loss = segmentation_loss(self.model.segment(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
