@@ -6,7 +6,7 @@ presets, measured side by side against this machine's own matrix-multiply peak.
 For each preset: stage-1 and stage-2 training step times at batch 16 (fp32 eager, the reference
 implementations' way, and bf16 autocast with the memory format training uses), inference
 images/s at batch 1 and 32 (fp32 eager; bf16 + channels_last; the same under torch.compile),
-peak RSS of a fresh process predicting at batch 1, and achieved FLOP/s (2 x counted MACs x
+peak RSS of a fresh process predicting single images from a run directory (as `pfadseg predict`), and achieved FLOP/s (2 x counted MACs x
 images/s) as a fraction of the measured bf16 and fp32 matmul peaks. Every figure is the median
 of several timed repeats after warm-up, with min and max. Writes DIR/speed.json and DIR/speed.md.
 """
@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from pfadseg.config import DataConfig, merge, preset_config
+from pfadseg.checkpoint import CONFIG_FILE
+from pfadseg.config import DataConfig, RunConfig, dump_yaml, merge, preset_config
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.models import build_model
 from pfadseg.models.summary import summarize
-from pfadseg.runs import environment, load_texture_source
+from pfadseg.runs import environment, load_texture_source, save_model
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.runtime import Precision, resolve_device
 from pfadseg.training.trainer import Trainer
@@ -103,24 +104,34 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
     return {"memory_format": " / ".join(formats), "stage1": stage1, "stage2": stage2}
 
 
-def rss_probe(preset: str, size: int) -> None:
-    """(Run in a fresh process.) Predict at batch 1 in bf16/channels_last where available; print the peak RSS in MB."""
-    from pfadseg.training.runtime import resolve_precision
+def rss_probe(run_dir: str) -> None:
+    """(Run in a fresh process.) Load a run as `pfadseg predict` does and predict single images; print the peak RSS in MB."""
+    import numpy as np
 
-    device = torch.device("cpu")
-    model = build_model(merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}}).model).eval()
-    precision = resolve_precision("auto", True, device)
-    model = model.to(memory_format=precision.memory_format())
-    x = torch.rand(1, 3, size, size).contiguous(memory_format=precision.memory_format())
-    with torch.inference_mode(), precision.autocast(device):
-        for _ in range(3):
-            model(x)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    from pfadseg.api import load
+
+    detector = load(run_dir)
+    image = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    for _ in range(3):
+        detector.predict_arrays([image], [Path("probe.png")])
+    print(json.dumps({"peak_rss_mb": own_peak_rss_mb()}))
 
 
-def peak_rss(preset: str, size: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--rss-probe", preset, "--image-size", str(size)],
-                         capture_output=True, text=True, check=True).stdout
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS since exec (VmHWM). ru_maxrss would also count the parent's RSS at fork."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
+
+
+def peak_rss(model: torch.nn.Module, config: RunConfig) -> float:
+    """Peak RSS of a fresh process that predicts at batch 1 from a run directory holding ``model``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_text_atomic(Path(tmp) / CONFIG_FILE, dump_yaml(config))
+        save_model(model, config, Path(tmp))
+        out = subprocess.run([sys.executable, __file__, "--rss-probe", tmp], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -131,7 +142,8 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
                     "peak_flops": {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}}
     log(f"matmul peak: fp32 {result['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s, bf16 {result['peak_flops']['bf16'] / 1e9:.0f} GFLOP/s")
     for preset in presets:
-        model = build_model(merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}}).model).to(device)
+        config = merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}, "train": {"image_size": size}})
+        model = build_model(config.model).to(device)
         macs = summarize(model, size)["macs_per_image"]["inference"]
         entry: dict = {"macs_per_image": macs, "inference": {}, "training": {}}
         modes = [("fp32 eager", fp32, False), ("bf16 + channels_last", bf16, False)]
@@ -151,7 +163,7 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
             entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 3)
             log(f"{preset} training {name}: {entry['training'][name]}")
         if device.type == "cpu":
-            entry["peak_rss_mb_batch1"] = peak_rss(preset, size)
+            entry["peak_rss_mb_batch1"] = peak_rss(model.to(memory_format=torch.contiguous_format), config)
         result[preset] = entry
     return result
 
@@ -189,7 +201,7 @@ def markdown(result: dict, presets: list[str]) -> str:
             cells = [f"{s[k]['median']:.2f} [{s[k]['min']:.2f}–{s[k]['max']:.2f}]" for k in ("stage1", "stage2")]
             gains = [f"{ref[k]['median'] / s[k]['median']:.2f}" for k in ("stage1", "stage2")]
             lines.append(f"| {preset} | {name} | {s['memory_format']} | {' | '.join(cells)} | {' | '.join(gains)} |")
-    lines += ["", "## Memory and cost", "", "| preset | GMAC/image | peak RSS, batch-1 inference (MB) |", "|---|---:|---:|"]
+    lines += ["", "## Memory and cost", "", "| preset | GMAC/image | peak RSS, predict at batch 1 from a run directory (MB) |", "|---|---:|---:|"]
     for preset in presets:
         entry = result[preset]
         lines.append(f"| {preset} | {entry['macs_per_image'] / 1e9:.2f} | {entry.get('peak_rss_mb_batch1', float('nan')):.0f} |")
@@ -206,7 +218,7 @@ def main() -> int:
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
-        rss_probe(args.rss_probe, args.image_size)
+        rss_probe(args.rss_probe)
         return 0
     if args.out is None:
         parser.error("--out is required")

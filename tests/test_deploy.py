@@ -25,6 +25,7 @@ pytest.importorskip("onnxruntime")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export") / "widget.onnx"
     assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["widget.onnx"]  # one file, no temporary or external-data leftovers
     return out
 
 

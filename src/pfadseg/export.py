@@ -99,6 +99,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bo
         with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(deployed, (torch.zeros(2, 3, size, size, dtype=torch.uint8),), str(tmp), input_names=["image"],
                               output_names=["anomaly_map", "score"], opset_version=OPSET, dynamo=True, verbose=False,
+                              external_data=False,  # one self-contained file, no weights file beside it
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
         model = onnx.load(str(tmp))
         metadata = {META_IMAGE_SIZE: str(size), META_THRESHOLDS: json.dumps(load_thresholds(run.run_dir)),
