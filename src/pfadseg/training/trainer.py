@@ -149,6 +149,11 @@ class Trainer:
             loss = segmentation_loss(self.model.segment(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
+        t = self.config.train
+        if t.seg_warmup_steps > 0:  # a function of the step alone, so resume stays exact
+            factor = min(1.0, (self.step - t.student_steps + 1) / t.seg_warmup_steps)
+            for group, base in zip(self.optimizers.segmentation.param_groups, (t.lr_seg_blocks, t.lr_seg_head)):
+                group["lr"] = base * factor
         self.optimizers.segmentation.step()
         return loss.item()
 
