@@ -15,7 +15,7 @@ from PIL import Image
 from pfadseg.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["info", "train", "test", "predict", "demo", "preview-synthesis"]
+COMMANDS = ["info", "train", "test", "predict", "export", "calibrate", "demo", "benchmark", "preview-synthesis"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -168,7 +168,8 @@ def test_training_calibrates_and_predict_applies_the_thresholds(trained_run: Pat
     from pfadseg.api import load
 
     score = load(copy).predict_file(image).score
-    for threshold, decision in ((score, "NG"), (float(np.nextafter(score, 1.0)), "OK")):
+    # A margin far above bf16 run-to-run noise and far below any gap a threshold would mean.
+    for threshold, decision in ((score - 1e-3, "NG"), (score + 1e-3, "OK")):
         (copy / "thresholds.json").write_text(json.dumps({**saved, "image": threshold, "pixel": 0.0}))
         out = tmp_path / decision
         assert main(["predict", "--run", str(copy), str(image), "--out", str(out), "--quiet"]) == 0
