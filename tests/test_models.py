@@ -74,11 +74,27 @@ def test_aff_weight_depends_on_input():
 def test_pcar_branch_weights_sum_to_one_per_channel():
     pcar = PCAR(32, kernel_sizes=(3, 3, 3), dilations=(1, 2, 3))
     x = torch.randn(3, 32, 12, 12)
-    feats = torch.stack([b(x) for b in pcar.branches], dim=1)
-    weights = pcar.branch_weights(feats)
-    assert weights.shape == (3, 3, 32, 1, 1)
-    torch.testing.assert_close(weights.sum(dim=1), torch.ones(3, 32, 1, 1))
+    weights = pcar.branch_weights([b(x) for b in pcar.branches])
+    assert weights.shape == (3, 3, 32, 1, 1)  # (branch, image, channel, 1, 1)
+    torch.testing.assert_close(weights.sum(dim=0), torch.ones(3, 32, 1, 1))
     assert pcar(x).shape == x.shape
+
+
+def test_pcar_is_the_split_attention_weighted_branch_sum():
+    """Reference: stack the branches, score each with the shared SPR, softmax over branches, weighted sum."""
+    pcar = PCAR(16, kernel_sizes=(3, 3, 3), dilations=(1, 2, 3)).eval()
+    x = torch.randn(2, 16, 10, 10)
+    feats = torch.stack([b(x) for b in pcar.branches], dim=1)  # (N, B, C, H, W)
+    scores = torch.stack([pcar.spr(feats[:, i]) for i in range(3)], dim=1)  # (N, B, C, 1, 1)
+    expected = (feats * torch.softmax(scores, dim=1)).sum(dim=1)
+    torch.testing.assert_close(pcar(x), expected)
+
+
+def test_aff_output_is_the_weighted_mix_times_the_factor():
+    aff = AFF(16, factor=2.0).eval()
+    y, z = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    w = aff.weight(y, z)
+    torch.testing.assert_close(aff(y, z), 2.0 * (y * w + z * (1 - w)))
 
 
 def test_pcar_kernels_and_dilations_are_configurable():

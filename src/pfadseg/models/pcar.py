@@ -55,12 +55,16 @@ class PCAR(nn.Module):
         )
         self.spr = SPR(channels, spr_reduction)
 
-    def branch_weights(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, B, C, H, W) branch outputs → (N, B, C, 1, 1) weights, softmax over the B branches."""
-        n, b, c, h, w = feats.shape
-        scores = self.spr(feats.reshape(n * b, c, h, w)).reshape(n, b, c, 1, 1)
-        return torch.softmax(scores, dim=1)
+    def branch_weights(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """B branch outputs (N, C, H, W) → (B, N, C, 1, 1) weights, softmax over the B branches."""
+        return torch.softmax(torch.stack([self.spr(f) for f in feats]), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = torch.stack([branch(x) for branch in self.branches], dim=1)
-        return (feats * self.branch_weights(feats)).sum(dim=1)
+        # The branches are weighted one by one rather than stacked into one (N, B, C, H, W) tensor:
+        # that copy and its reduction cost as much as a convolution on a CPU.
+        feats = [branch(x) for branch in self.branches]
+        weights = self.branch_weights(feats)
+        out = feats[0] * weights[0]
+        for f, w in zip(feats[1:], weights[1:]):
+            out = torch.addcmul(out, f, w)
+        return out

@@ -44,4 +44,4 @@ class RCM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.mlp(self.norm(self.token_mixer(x)))
-        return x + y * self.gamma.reshape(1, -1, 1, 1)
+        return torch.addcmul(x, y, self.gamma.reshape(1, -1, 1, 1))
