@@ -89,6 +89,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path):
         ["test", "--run", str(tmp_path / "missing")],
         ["train", "--data", str(tmp_path), "--category", "x", "--preset", "nope"],
         ["info", "--teacher", "vgg"],
+        ["train", "--data", str(tmp_path), "--category", "x", "--preset", "debug", "--set", "data.brightness=1.5"],
     ]
     for args in cases:
         proc = subprocess.run([sys.executable, "-m", "pfadseg", *args], capture_output=True, text=True)

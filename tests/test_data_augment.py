@@ -47,3 +47,25 @@ def test_small_rotation_fills_grey_and_is_reproducible() -> None:
     corner = a[:, :, 0, 0]
     assert ((corner - FILL_GREY).abs() < 1e-5).any()
     assert a.max() <= FILL_GREY + 1e-5 and a[:, :, 32, 32].abs().max() < 1e-6
+
+
+def test_brightness_scales_each_image_within_the_range_and_clips() -> None:
+    x = torch.full((400, 3, 4, 4), 0.5)
+    x[:, :, 0, 0] = 0.9  # brightened past 1 by factors above 1.11: must be clipped
+    aug = NormalAugmentation(brightness=0.3)
+    out = aug(x, torch.Generator().manual_seed(1))
+    factors = out[:, 0, 1, 1] / 0.5
+    assert torch.allclose(out[:, :, 1:, 1:], factors.reshape(-1, 1, 1, 1).expand(-1, 3, 3, 3))  # one factor per image
+    assert factors.min() >= 0.7 - 1e-6 and factors.max() <= 1.3 + 1e-6
+    assert factors.min() < 0.75 and factors.max() > 1.25 and factors.std() > 0.1
+    assert out.max() <= 1.0 and (out[:, 0, 0, 0] == 1.0).any()
+    assert torch.equal(out, aug(x, torch.Generator().manual_seed(1)))
+
+
+def test_brightness_after_rotation_and_off_by_default() -> None:
+    x = torch.rand(4, 3, 8, 8) * 0.5  # no clipping
+    assert augmentation_for_category("bottle").brightness == 0.0
+    rotated = NormalAugmentation(rotate90=True)(x, torch.Generator().manual_seed(2))
+    both = NormalAugmentation(rotate90=True, brightness=0.2)(x, torch.Generator().manual_seed(2))
+    ratio = both / rotated.clamp_min(1e-6)
+    assert not torch.allclose(both, rotated) and torch.allclose(ratio[0], ratio[0, 0, 0, 0].expand_as(ratio[0]), atol=1e-4)

@@ -31,6 +31,7 @@ class TrainConfig:
     focal_gamma: float = 4.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+    compile: bool = False  # torch.compile the segmentation net for stage 2 (faster after a one-off compilation)
     checkpoint_every: int = 200
     log_every: int = 10
     eval_size: int = 256  # maps and masks are compared at this size (both papers' protocol)
@@ -58,6 +59,11 @@ class DataConfig:
     textures: str = ""  # folder of texture images; empty = built-in procedural textures
     procedural_textures: int = 128
     augmentation: str = "auto"  # per-category normal-image augmentation: auto (by category name), none, or a category name
+    brightness: float = 0.0  # normal-image brightness jitter: scale by U(1 - b, 1 + b); 0 = off (as published)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.brightness < 1.0:
+            raise ValueError(f"data.brightness must be in [0, 1), got {self.brightness}")
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,7 @@ def merge(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     try:
         return replace(config, **changes)
     except ValueError as err:  # a dataclass's own validation (__post_init__)
-        raise PfadsegError(f"invalid configuration in {prefix or 'top level'}: {err}") from None
+        raise PfadsegError(f"invalid configuration in {prefix.rstrip('.') or 'top level'}: {err}") from None
 
 
 def parse_override(text: str) -> dict[str, Any]:

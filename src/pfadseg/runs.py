@@ -33,7 +33,7 @@ from pfadseg.config import (
     run_config_from_yaml,
     to_dict,
 )
-from pfadseg.data.augment import augmentation_for_category
+from pfadseg.data.augment import NormalAugmentation, augmentation_for_category
 from pfadseg.data.datasets import (
     DatasetSplits,
     Sample,
@@ -95,8 +95,10 @@ def load_texture_source(data: DataConfig, size: int, seed: int) -> torch.Tensor:
     return procedural_textures(data.procedural_textures, size, seed)
 
 
-def _augmentation_name(data: DataConfig) -> str:
-    return data.category if data.augmentation == "auto" else data.augmentation
+def normal_augmentation(data: DataConfig) -> NormalAugmentation:
+    """The training images' augmentation: the category's rotations (or the named one's) and the brightness jitter."""
+    name = data.category if data.augmentation == "auto" else data.augmentation
+    return replace(augmentation_for_category(name), brightness=data.brightness)
 
 
 @dataclass
@@ -190,7 +192,7 @@ def train(
     batches = BatchMaker(
         images,
         AnomalySynthesizer(textures, config.synthesis),
-        augmentation_for_category(_augmentation_name(config.data)),
+        normal_augmentation(config.data),
         distributed.per_rank_batch(config.train.batch_size),
         config.seed,
         precision.memory_format(),
@@ -363,10 +365,12 @@ def test(
     data: DataConfig | None = None,
     device: str = "auto",
     progress: bool = True,
+    compile: bool = False,
 ) -> Evaluation:
     """Evaluate a run on its own test split (or on ``data``) and write ``metrics.json``.
 
     Metrics of another dataset go to ``metrics-<name>.json`` so that the run's own are kept.
+    ``compile``: run the model through ``torch.compile``.
     """
     run = load_run(run_dir, device)
     own_data = data is None or data == run.config.data
@@ -376,7 +380,7 @@ def test(
         raise PfadsegError(f"{data.root}: the dataset has no test images")
     t = run.config.train
     evaluation = evaluate(run.model, splits.test, t.image_size, t.eval_size, run.precision, run.device,
-                          t.eval_batch_size, splits.binarize_at, progress=progress)
+                          t.eval_batch_size, splits.binarize_at, progress=progress, compile=compile)
     write_metrics(run.run_dir, evaluation, METRICS_FILE if own_data else f"metrics-{splits.name}.json")
     return evaluation
 
@@ -397,7 +401,7 @@ def write_synthesis_preview(config: RunConfig, out: Path, rows: int = 8) -> Path
     generator = torch.Generator().manual_seed(config.seed)
     chosen = torch.randperm(len(splits.train), generator=generator)[:rows].sort().values
     images = load_images([splits.train[i] for i in chosen.tolist()], size).float().div_(255)
-    images = augmentation_for_category(_augmentation_name(config.data))(images, generator)
+    images = normal_augmentation(config.data)(images, generator)
     synthesizer = AnomalySynthesizer(load_texture_source(config.data, size, config.seed), config.synthesis)
     grid = synthesis_preview(images, synthesizer, generator, rows)
     with atomic_path(out) as tmp:

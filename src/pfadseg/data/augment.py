@@ -7,6 +7,9 @@ Applied before the synthesis, so teacher and student see the same geometry:
 * only ±5 degrees: cable, wood, zipper;
 * nothing: capsule, metal_nut, pill, toothbrush, transistor, and any other name.
 
+Optionally (``data.brightness``, off as published) each image's brightness is scaled by a
+factor drawn from U(1 − b, 1 + b), for products photographed under varying exposure.
+
 Pixels rotated in from outside the image get the grey 114/255. Both rotations are done in one
 bilinear resampling (a multiple of 90 degrees alone is exact on square images).
 """
@@ -26,16 +29,21 @@ FILL_GREY = 114.0 / 255.0
 
 @dataclass
 class NormalAugmentation:
-    """Random rotation of the normal images: a multiple of 90° (``rotate90``) plus U(±max_degrees)."""
+    """Random rotation of the normal images (a multiple of 90° if ``rotate90``, plus U(±max_degrees)) and brightness."""
 
     rotate90: bool = False
     max_degrees: float = 0.0
     fill: float = FILL_GREY
+    brightness: float = 0.0  # images are scaled by U(1 - brightness, 1 + brightness), then clipped to [0, 1]
+
+    @property
+    def rotates(self) -> bool:
+        return self.rotate90 or self.max_degrees > 0
 
     @property
     def enabled(self) -> bool:
         """Whether this augmentation changes anything."""
-        return self.rotate90 or self.max_degrees > 0
+        return self.rotates or self.brightness > 0
 
     def angles(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw the rotation angles (degrees, counter-clockwise) for ``batch`` images."""
@@ -50,8 +58,13 @@ class NormalAugmentation:
             return images
         if not images.is_floating_point():
             raise ValueError("images must be a float tensor in [0, 1]")
-        degrees = self.angles(images.shape[0], generator).to(images.device)
-        return rotate(images, degrees, fill=self.fill)
+        if self.rotates:
+            images = rotate(images, self.angles(images.shape[0], generator).to(images.device), fill=self.fill)
+        if self.brightness > 0:
+            gdev = generator.device if generator is not None else images.device
+            factors = 1 + (torch.rand(images.shape[0], generator=generator, device=gdev) * 2 - 1) * self.brightness
+            images = (images * factors.to(images.device).reshape(-1, 1, 1, 1)).clamp_(0, 1)
+        return images
 
 
 def augmentation_for_category(name: str | None) -> NormalAugmentation:
