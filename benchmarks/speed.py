@@ -4,8 +4,9 @@ presets, measured side by side against this machine's own matrix-multiply peak.
     python benchmarks/speed.py --out DIR [--presets pfadseg,destseg] [--image-size 256] [--device auto]
 
 For each preset: stage-1 and stage-2 training step times at batch 16 (fp32 eager, the reference
-implementations' way, and bf16 autocast with the memory format training uses), inference
-images/s at batch 1 and 32 (fp32 eager; bf16 + channels_last; the same under torch.compile),
+implementations' way; bf16 autocast with the memory format training uses, and contiguous; bf16
+with the segmentation net compiled as ``train.compile`` does), inference images/s at batch 1 and
+32 (fp32 eager; bf16 + channels_last; bf16 contiguous; bf16 + channels_last under torch.compile),
 peak RSS of a fresh process predicting single images from a run directory (as `pfadseg predict`), and achieved FLOP/s (2 x counted MACs x
 images/s) as a fraction of the measured bf16 and fp32 matmul peaks. Every figure is the median
 of several timed repeats after warm-up, with min and max. Writes DIR/speed.json and DIR/speed.md.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,18 +48,48 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class GpuUtilisation:
+    """The GPU's busy percentage while a block runs: ``nvidia-smi`` samples it every 100 ms in the background."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.samples: list[float] = []
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.device.type == "cuda" and shutil.which("nvidia-smi"):
+            index = str(self.device.index or 0)
+            self._process = subprocess.Popen(["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                              "-lms", "100"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            out, _ = self._process.communicate()
+            self.samples = [float(line) for line in out.split() if line.strip().replace(".", "", 1).isdigit()]
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
+
+
 def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """Median, min and max seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    """Median, min and max seconds of ``repeats`` calls after ``warmup`` untimed ones (and, on a GPU, its mean utilisation)."""
     for _ in range(warmup):
         fn()
     sync(device)
     times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "repeats": repeats}
+    with GpuUtilisation(device) as gpu:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - started)
+    result = {"median": statistics.median(times), "min": min(times), "max": max(times), "repeats": repeats}
+    if gpu.mean is not None:
+        result["gpu_utilisation_percent"] = gpu.mean
+    return result
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
@@ -87,9 +119,13 @@ def inference(model: torch.nn.Module, precision: Precision, device: torch.device
 
 
 def training_steps(preset: str, precision: Precision, device: torch.device, size: int, batch: int,
-                   warmup: int, repeats: int) -> dict[str, dict]:
-    """Seconds per stage-1 and stage-2 step (synthesis, forward, backward, SGD) of the real Trainer."""
-    config = merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER}, "train": {"image_size": size, "batch_size": batch}})
+                   warmup: int, repeats: int, compile_segmentation: bool = False) -> dict[str, dict]:
+    """Seconds per stage-1 and stage-2 step (synthesis, forward, backward, SGD) of the real Trainer.
+
+    ``compile_segmentation``: as ``train.compile``; the first stage-2 step (the compilation) is timed apart.
+    """
+    config = merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER},
+                                                     "train": {"image_size": size, "batch_size": batch, "compile": compile_segmentation}})
     torch.manual_seed(0)
     model = build_model(config.model).to(device)
     images = torch.randint(0, 256, (max(2 * batch, 32), 3, size, size), dtype=torch.uint8, device=device)
@@ -99,9 +135,12 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, config, batches, precision, Path(tmp), device)
         stage1 = timed(trainer.student_step, device, warmup, repeats)
+        started = time.perf_counter()
+        trainer.segmentation_step()
+        first_stage2 = time.perf_counter() - started
         stage2 = timed(trainer.segmentation_step, device, warmup, repeats)
     formats = ["channels_last" if trainer.stage_precision[k].channels_last else "contiguous" for k in (1, 2)]
-    return {"memory_format": " / ".join(formats), "stage1": stage1, "stage2": stage2}
+    return {"memory_format": " / ".join(formats), "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
 
 
 def rss_probe(run_dir: str) -> None:
@@ -137,6 +176,7 @@ def peak_rss(model: torch.nn.Module, config: RunConfig) -> float:
 
 def benchmark(presets: list[str], size: int, device: torch.device, compiled: list[str], log: Callable[[str], None]) -> dict:
     bf16 = Precision(torch.bfloat16, True)
+    bf16_contiguous = Precision(torch.bfloat16, False)
     fp32 = Precision(None, False)
     result: dict = {"image_size": size, "device": str(device), "environment": environment(),
                     "peak_flops": {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}}
@@ -146,7 +186,7 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
         model = build_model(config.model).to(device)
         macs = summarize(model, size)["macs_per_image"]["inference"]
         entry: dict = {"macs_per_image": macs, "inference": {}, "training": {}}
-        modes = [("fp32 eager", fp32, False), ("bf16 + channels_last", bf16, False)]
+        modes = [("fp32 eager", fp32, False), ("bf16 + channels_last", bf16, False), ("bf16 contiguous", bf16_contiguous, False)]
         if preset in compiled:
             modes.append(("bf16 + channels_last + compile", bf16, True))
         for name, precision, use_compile in modes:
@@ -159,8 +199,9 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
                     row[f"batch{batch}"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
                 log(f"{preset} inference {name} batch {batch}: {row[f'batch{batch}']}")
             entry["inference"][name] = row
-        for name, precision in (("fp32 eager", fp32), ("bf16", bf16)):
-            entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 3)
+        for name, precision, compile_segmentation in (("fp32 eager", fp32, False), ("bf16", bf16, False),
+                                                      ("bf16 contiguous", bf16_contiguous, False), ("bf16 + compile (stage 2)", bf16, True)):
+            entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 3, compile_segmentation)
             log(f"{preset} training {name}: {entry['training'][name]}")
         if device.type == "cpu":
             entry["peak_rss_mb_batch1"] = peak_rss(model.to(memory_format=torch.contiguous_format), config)
@@ -168,15 +209,25 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
     return result
 
 
+def busy(seconds: dict, gpu: bool) -> str:
+    """An extra table cell with the GPU's mean utilisation during the timed repeats (nothing on a CPU run)."""
+    if not gpu:
+        return ""
+    value = seconds.get("gpu_utilisation_percent")
+    return f" {value:.0f} |" if value is not None else " n/a |"
+
+
 def markdown(result: dict, presets: list[str]) -> str:
     peak = result["peak_flops"]
+    gpu = result["device"].startswith("cuda")
+    gpu_head, gpu_rule = (" GPU busy % |", "---:|") if gpu else ("", "")
     lines = [f"# Speed at {result['image_size']}×{result['image_size']} on {result['device']} "
              f"({result['environment']['machine']['cpu']}, {result['environment']['machine']['cpu_threads']} threads)", "",
              f"Measured matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s. "
              "Medians of timed repeats after warm-up; [min–max] in brackets.", "",
              "## Inference", "",
-             "| preset | mode | batch 1 img/s | batch 32 img/s | × fp32 (b32) | TFLOP/s (b32) | % bf16 peak | % fp32 peak |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| preset | mode | batch 1 img/s | batch 32 img/s | × fp32 (b32) | TFLOP/s (b32) | % bf16 peak | % fp32 peak |" + gpu_head,
+             "|---|---|---:|---:|---:|---:|---:|---:|" + gpu_rule]
     for preset in presets:
         entry = result[preset]
         base = entry["inference"]["fp32 eager"]["batch32"].get("images_per_second")
@@ -190,17 +241,23 @@ def markdown(result: dict, presets: list[str]) -> str:
             batch1 = f"{b1['images_per_second']:.2f}" if b1 else "not timed"
             lines.append(f"| {preset} | {mode} | {batch1} | {b32['images_per_second']:.2f} "
                          f"[{32 / spread['max']:.2f}–{32 / spread['min']:.2f}] | {b32['images_per_second'] / base:.2f} | "
-                         f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |")
+                         f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |" + busy(spread, gpu))
     lines += ["", "## Training steps (batch 16)", "",
-              "| preset | precision | memory format (stage 1 / 2) | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |",
-              "|---|---|---|---:|---:|---:|---:|"]
+              "| preset | precision | memory format (stage 1 / 2) | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |"
+              + (" GPU busy % (1 / 2) |" if gpu else ""),
+              "|---|---|---|---:|---:|---:|---:|" + gpu_rule]
     for preset in presets:
         steps = result[preset]["training"]
         ref = steps["fp32 eager"]
         for name, s in steps.items():
             cells = [f"{s[k]['median']:.2f} [{s[k]['min']:.2f}–{s[k]['max']:.2f}]" for k in ("stage1", "stage2")]
             gains = [f"{ref[k]['median'] / s[k]['median']:.2f}" for k in ("stage1", "stage2")]
-            lines.append(f"| {preset} | {name} | {s['memory_format']} | {' | '.join(cells)} | {' | '.join(gains)} |")
+            usage = f" {busy(s['stage1'], gpu).strip(' |')} / {busy(s['stage2'], gpu).strip(' |')} |" if gpu else ""
+            lines.append(f"| {preset} | {name} | {s['memory_format']} | {' | '.join(cells)} | {' | '.join(gains)} |" + usage)
+    for preset in presets:
+        for name, s in result[preset]["training"].items():
+            if "compile" in name:
+                lines.append(f"\n{preset}, {name}: the first stage-2 step, which compiles, took {s['first_stage2_step_seconds']:.0f} s.")
     lines += ["", "## Memory and cost", "", "| preset | GMAC/image | peak RSS, predict at batch 1 from a run directory (MB) |", "|---|---:|---:|"]
     for preset in presets:
         entry = result[preset]

@@ -18,6 +18,7 @@ from typing import Any
 from pfadseg.errors import PfadsegError
 
 TRAIN_PRESET_HELP = "training budget: paper (published recipe), cpu30 (~30 min per category on a 2-core CPU), fast (~10 min), debug (seconds)"
+COMPILE_HELP = "run the model through torch.compile: about 1.7x faster on CPU after a one-off compilation of about 2 minutes"
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -153,7 +154,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         data = replace(base, **overrides)
     from pfadseg.thresholds import decision_rates, format_rates, load_thresholds
 
-    evaluation = test(args.run, data, device=args.device, progress=not args.quiet)
+    evaluation = test(args.run, data, device=args.device, progress=not args.quiet, compile=args.compile)
     print(format_table(evaluation))
     thresholds = load_thresholds(args.run)
     labels = [s.label for s in evaluation.samples]
@@ -171,7 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.run) == bool(args.model):
         raise PfadsegError("give either --run RUN_DIR or --model FILE.onnx")
     summary = predict_to_folder(args.run or args.model, args.inputs, Path(args.out), device=args.device, batch_size=args.batch_size,
-                                progress=not args.quiet)
+                                progress=not args.quiet, compile=args.compile)
     print(summary)
     return 0
 
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--save-maps", metavar="DIR", help="write each map as DIR/<type>/<stem>.npy and DIR/scores.csv")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_test)
 
@@ -299,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -16,7 +16,7 @@ from pfadseg.data.images import ImageCache, load_images, load_masks
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
 from pfadseg.models import PFADSeg
-from pfadseg.training.runtime import Precision, to_device
+from pfadseg.training.runtime import Precision, compile_fixed_batch, to_device
 
 
 @dataclass
@@ -42,16 +42,21 @@ def infer(
     output_size: int,
     batch_size: int = 16,
     progress: bool = False,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 images (N,3,H,W) → segmentation maps and scores, student–teacher maps and scores, on the CPU."""
+    """uint8 images (N,3,H,W) → segmentation maps and scores, student–teacher maps and scores, on the CPU.
+
+    ``compile``: run the model through ``torch.compile`` (faster for many images; compiling takes minutes).
+    """
     model.eval()
     size = (output_size, output_size)
+    forward = compile_fixed_batch(model.forward_with_diagnostic, batch_size) if compile else model.forward_with_diagnostic
     maps, scores, st_maps, st_scores = [], [], [], []
     for start in tqdm(range(0, len(images), batch_size), desc="evaluate", disable=not progress, unit="batch"):
         x = to_device(images[start : start + batch_size], device).float().div_(255)
         x = x.contiguous(memory_format=precision.memory_format())
         with precision.autocast(device):
-            anomaly_map, score, st_map, st_score = model.forward_with_diagnostic(x, size)
+            anomaly_map, score, st_map, st_score = forward(x, size)
         maps.append(anomaly_map[:, 0].cpu())
         scores.append(score.cpu())
         st_maps.append(st_map[:, 0].cpu())
@@ -70,12 +75,13 @@ def evaluate(
     binarize_at: int = 128,
     cache: ImageCache | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> Evaluation:
     """Score every test sample; ground truth at ``eval_size`` (bilinear resize, threshold 0.5)."""
     cache = cache or ImageCache()
     images = load_images(samples, image_size, cache)
     masks = load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
-    maps, scores, st_maps, st_scores = (t.numpy() for t in infer(model, images, precision, device, eval_size, batch_size, progress))
+    maps, scores, st_maps, st_scores = (t.numpy() for t in infer(model, images, precision, device, eval_size, batch_size, progress, compile))
     labels = np.array([s.label for s in samples])
     return Evaluation(
         samples=samples,

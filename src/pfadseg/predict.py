@@ -62,16 +62,21 @@ class Backend(Protocol):
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def open_backend(model: str | Path, device: str = "auto") -> Backend:
-    """A run directory (PyTorch) or an exported ``.onnx`` file (onnxruntime; torch is not imported)."""
+def open_backend(model: str | Path, device: str = "auto", compile: bool = False, batch_size: int = 8) -> Backend:
+    """A run directory (PyTorch) or an exported ``.onnx`` file (onnxruntime; torch is not imported).
+
+    ``compile`` (run directories only): ``torch.compile`` once for batches of ``batch_size``.
+    """
     path = Path(model)
     if path.suffix.lower() == ".onnx":
+        if compile:
+            raise PfadsegError(f"{path}: --compile applies to a run directory (PyTorch), not to an ONNX model")
         from pfadseg.onnx_backend import OnnxBackend
 
         return OnnxBackend(path)
     from pfadseg.torch_backend import TorchBackend
 
-    return TorchBackend(path, device)
+    return TorchBackend(path, device, compile_batch=batch_size if compile else None)
 
 
 class Predictor:
@@ -122,6 +127,7 @@ def predict_to_folder(
     device: str = "auto",
     batch_size: int = 8,
     progress: bool = True,
+    compile: bool = False,
 ) -> str:
     """Predict every input image into ``out_dir`` with ``predictions.csv``; returns a one-paragraph summary.
 
@@ -133,7 +139,7 @@ def predict_to_folder(
     """
     if batch_size < 1:
         raise PfadsegError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(open_backend(model, device))
+    predictor = Predictor(open_backend(model, device, compile, batch_size))
     items = collect_inputs(inputs)
     rows: list[list[str]] = []
     failures = 0

@@ -10,7 +10,7 @@ import torch
 from pfadseg.models.deployed import DeployedModel
 from pfadseg.runs import load_run
 from pfadseg.thresholds import load_thresholds
-from pfadseg.training.runtime import to_device
+from pfadseg.training.runtime import compile_fixed_batch, to_device
 
 
 class TorchBackend:
@@ -18,11 +18,15 @@ class TorchBackend:
 
     name = "pytorch"
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str | None = None, compile_batch: int | None = None) -> None:
+        """``compile_batch``: run through ``torch.compile``, compiled once for batches of this size."""
         self.run = load_run(run_dir, device, precision)
         self.image_size = self.run.config.train.image_size
         self.thresholds = load_thresholds(run_dir)
         self.deployed = DeployedModel(self.run.model, self.run.config.train.eval_size).eval()
+        self.forward = self.deployed if compile_batch is None else compile_fixed_batch(self.deployed, compile_batch)
+        if compile_batch is not None:
+            self.name = "pytorch, compiled"
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -30,5 +34,5 @@ class TorchBackend:
         run = self.run
         x = to_device(torch.from_numpy(batch).permute(0, 3, 1, 2), run.device).contiguous(memory_format=run.precision.memory_format())
         with run.precision.autocast(run.device):
-            maps, scores = self.deployed(x)
+            maps, scores = self.forward(x)
         return maps[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()

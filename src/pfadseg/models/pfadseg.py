@@ -66,7 +66,7 @@ class PFADSeg(nn.Module):
         """
         with torch.no_grad():
             teacher_feats = self.teacher(clean)
-        student_feats = (student or self.student)(self.teacher.normalize(synthetic))
+        student_feats = (self.student if student is None else student)(self.teacher.normalize(synthetic))
         return [cosine_distance(t, s) for t, s in zip(teacher_feats, student_feats)]
 
     def segment(self, x01: torch.Tensor, segmentation: nn.Module | None = None) -> torch.Tensor:
@@ -74,7 +74,7 @@ class PFADSeg(nn.Module):
 
         ``segmentation``: a wrapper of ``self.segmentation`` to run instead (as in :meth:`distillation_maps`).
         """
-        return (segmentation or self.segmentation)(fuse_features(*self.features(x01)))
+        return (self.segmentation if segmentation is None else segmentation)(fuse_features(*self.features(x01)))
 
     def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
         """Diagnostic map (1/4 size): product over levels of the cosine distances, student and teacher on x."""

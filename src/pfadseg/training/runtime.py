@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -82,3 +83,44 @@ def training_precision(precision: Precision, model: nn.Module, device: torch.dev
     if unsafe and not bf16_channels_last_trains_safely(model):
         return Precision(precision.autocast_dtype, channels_last=False)
     return precision
+
+
+def compile_fixed_batch(fn: Callable[..., tuple[torch.Tensor, ...]], batch_size: int) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``torch.compile(fn)`` called at one batch size only, so that one compilation serves every call.
+
+    Compiling takes minutes per input shape on a small CPU: a shorter batch is padded with copies of
+    its last image and the outputs are cut back; a longer one runs in chunks. A compiler failure
+    (no C++ toolchain, an unsupported backend) is one clear error, never a silent eager fallback.
+    """
+    compiled = torch.compile(fn, dynamic=False)
+
+    def run(x: torch.Tensor, *args: object) -> tuple[torch.Tensor, ...]:
+        chunks = []
+        for start in range(0, len(x), batch_size):
+            part = x[start : start + batch_size]
+            n = len(part)
+            if n < batch_size:
+                pad = part[-1:].expand(batch_size - n, *part.shape[1:])
+                part = torch.cat([part, pad]).contiguous(memory_format=_memory_format_of(part))
+            with compile_errors("run without --compile"):
+                outputs = compiled(part, *args)
+            chunks.append([o[:n] for o in outputs])
+        return tuple(torch.cat(parts) for parts in zip(*chunks))
+
+    return run
+
+
+@contextlib.contextmanager
+def compile_errors(hint: str) -> Iterator[None]:
+    """A torch.compile failure (no C++ compiler, an unsupported operation) as one clear error that says what to do."""
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as err:
+        text = str(err).strip()
+        first = text.splitlines()[0][:300] if text else ""
+        raise PfadsegError(f"torch.compile failed ({type(err).__name__}: {first}); {hint}") from err
+
+
+def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
