@@ -69,7 +69,7 @@ def main() -> None:
     for _ in range(args.steps):
         _, synthetic, mask = batches.next()
         with precision.autocast(device):
-            loss = segmentation_loss(model.segment(synthetic), mask, config.train.focal_gamma)
+            loss = segmentation_loss(model.segment_logits(synthetic), mask, config.train.focal_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,7 +16,7 @@ from pfadseg.models.pa_block import BlockConfig, PABlock
 from pfadseg.models.pcar import PCAR, SPR
 from pfadseg.models.rcm import RCM
 from pfadseg.models.segmentation import HeadConfig
-from pfadseg.training.losses import cosine_loss, segmentation_loss
+from pfadseg.training.losses import cosine_loss, focal_loss, segmentation_loss
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_stage1_trains_only_student_and_stage2_only_segmentation():
 
     model.zero_grad(set_to_none=True)
     mask = (torch.rand(2, 1, 64, 64) > 0.7).float()
-    segmentation_loss(model.segment(synthetic), mask).backward()
+    segmentation_loss(model.segment_logits(synthetic), mask).backward()
     assert _grads(model.segmentation)
     assert not _grads(model.student) and not _grads(model.teacher)
 
@@ -202,3 +202,24 @@ def test_forward_under_bf16_autocast(resnet_model):
         st = model.student_teacher_map(torch.rand(2, 3, 64, 64))
     assert amap.dtype == torch.float32 and torch.isfinite(amap).all() and torch.isfinite(score).all()
     assert st.shape == (2, 1, 16, 16)
+
+
+def test_focal_loss_equals_the_official_clamped_form_away_from_saturation():
+    """The official loss: focal on sigmoid(z) clamped to [1e-6, 1 - 1e-6], BCE on probabilities."""
+    z = torch.randn(2, 1, 16, 16) * 4
+    target = (torch.rand(2, 1, 16, 16) > 0.7).float()
+    p = torch.sigmoid(z).clamp(1e-6, 1 - 1e-6)
+    ce = torch.nn.functional.binary_cross_entropy(p, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    torch.testing.assert_close(focal_loss(z, target, 4.0), (ce * (1 - p_t) ** 4).mean())
+
+
+def test_focal_loss_keeps_a_gradient_for_saturated_wrong_pixels():
+    """Logits at −300 on defect pixels (the measured collapse): the loss must still push them up."""
+    z = torch.full((1, 1, 4, 4), -300.0, requires_grad=True)
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :2] = 1
+    segmentation_loss(z, torch.nn.functional.interpolate(target, size=(16, 16))).backward()
+    assert torch.isfinite(z.grad).all()
+    assert (z.grad[..., :2, :2] < -1e-3).all()  # descent raises the defect logits
+    assert z.grad[..., 2:, 2:].abs().max() < 1e-6  # correct normal pixels are left alone

@@ -69,12 +69,16 @@ class PFADSeg(nn.Module):
         student_feats = (self.student if student is None else student)(self.teacher.normalize(synthetic))
         return [cosine_distance(t, s) for t, s in zip(teacher_feats, student_feats)]
 
-    def segment(self, x01: torch.Tensor, segmentation: nn.Module | None = None) -> torch.Tensor:
-        """Stage 2 / inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4).
+    def segment_logits(self, x01: torch.Tensor, segmentation: nn.Module | None = None) -> torch.Tensor:
+        """Stage 2: anomaly logits at 1/4 of the input size, (N, 1, H/4, W/4).
 
         ``segmentation``: a wrapper of ``self.segmentation`` to run instead (as in :meth:`distillation_maps`).
         """
         return (self.segmentation if segmentation is None else segmentation)(fuse_features(*self.features(x01)))
+
+    def segment(self, x01: torch.Tensor) -> torch.Tensor:
+        """Inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4)."""
+        return torch.sigmoid(self.segment_logits(x01))
 
     def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
         """Diagnostic map (1/4 size): product over levels of the cosine distances, student and teacher on x."""
@@ -99,7 +103,7 @@ class PFADSeg(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segmentation map and score plus the student–teacher map and score, from one feature pass."""
         teacher_feats, student_feats = self.features(x01)
-        p = self.segmentation(fuse_features(teacher_feats, student_feats))
+        p = torch.sigmoid(self.segmentation(fuse_features(teacher_feats, student_feats)))
         return (*self.scored_map(p, output_size), *self.scored_map(distance_product(teacher_feats, student_feats), output_size))
 
 

@@ -1,4 +1,4 @@
-"""The segmentation network (SPEC section 5): two PA blocks, then an RCM (or ASPP) head, sigmoid output."""
+"""The segmentation network (SPEC section 5): two PA blocks, then an RCM (or ASPP) head; logits out."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ class HeadConfig:
 
 
 class SegmentationNet(nn.Module):
-    """Fused teacher–student similarities (``in_channels`` at 1/4 size) → anomaly probability (1 channel)."""
+    """Fused teacher–student similarities (``in_channels`` at 1/4 size) → anomaly logit (1 channel).
+
+    The sigmoid is applied by the model (:meth:`PFADSeg.segment`); training takes the logits so that
+    its loss keeps a gradient where the sigmoid saturates (see ``training.losses.focal_loss``).
+    """
 
     def __init__(self, in_channels: int, block: BlockConfig, head: HeadConfig, width: int = 256) -> None:
         super().__init__()
@@ -40,4 +44,4 @@ class SegmentationNet(nn.Module):
         kaiming_init(self)  # DeSTSeg initialises the whole network so; RCM's layer scale is kept.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.res(x)))
+        return self.head(self.res(x))

@@ -152,7 +152,7 @@ class Trainer:
         self.model.student.eval()
         self.model.segmentation.train()
         with self.stage_precision[2].autocast(self.device), compile_errors("train without it: --set train.compile=false"):
-            loss = segmentation_loss(self.model.segment(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
+            loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
         t = self.config.train
