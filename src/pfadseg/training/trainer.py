@@ -151,7 +151,8 @@ class Trainer:
         _, synthetic, mask = self.batches.next()
         self.model.student.eval()
         self.model.segmentation.train()
-        with self.stage_precision[2].autocast(self.device), compile_errors("train without it: --set train.compile=false"):
+        hint = f"train without it: --set train.compile=false, or compile: false in {self.run_dir / 'config.yaml'} and --resume"
+        with self.stage_precision[2].autocast(self.device), compile_errors(hint):
             loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
