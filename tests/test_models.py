@@ -16,7 +16,7 @@ from pfadseg.models.pa_block import BlockConfig, PABlock
 from pfadseg.models.pcar import PCAR, SPR
 from pfadseg.models.rcm import RCM
 from pfadseg.models.segmentation import HeadConfig
-from pfadseg.training.losses import cosine_loss, focal_loss, segmentation_loss
+from pfadseg.training.losses import cosine_loss, focal_loss, focal_loss_from_logits, segmentation_loss
 
 
 @pytest.fixture(scope="module")
@@ -211,15 +211,20 @@ def test_focal_loss_equals_the_official_clamped_form_away_from_saturation():
     p = torch.sigmoid(z).clamp(1e-6, 1 - 1e-6)
     ce = torch.nn.functional.binary_cross_entropy(p, target, reduction="none")
     p_t = p * target + (1 - p) * (1 - target)
-    torch.testing.assert_close(focal_loss(z, target, 4.0), (ce * (1 - p_t) ** 4).mean())
+    torch.testing.assert_close(focal_loss_from_logits(z, target, 4.0), (ce * (1 - p_t) ** 4).mean())
+    torch.testing.assert_close(focal_loss(torch.sigmoid(z), target, 4.0), (ce * (1 - p_t) ** 4).mean())
 
 
-def test_focal_loss_keeps_a_gradient_for_saturated_wrong_pixels():
+def test_focal_loss_from_logits_keeps_a_gradient_for_saturated_wrong_pixels():
     """Logits at −300 on defect pixels (the measured collapse): the loss must still push them up."""
     z = torch.full((1, 1, 4, 4), -300.0, requires_grad=True)
     target = torch.zeros(1, 1, 4, 4)
     target[..., :2, :2] = 1
-    segmentation_loss(z, torch.nn.functional.interpolate(target, size=(16, 16))).backward()
+    mask = torch.nn.functional.interpolate(target, size=(16, 16))
+    segmentation_loss(z, mask, from_logits=True).backward()
     assert torch.isfinite(z.grad).all()
     assert (z.grad[..., :2, :2] < -1e-3).all()  # descent raises the defect logits
     assert z.grad[..., 2:, 2:].abs().max() < 1e-6  # correct normal pixels are left alone
+    official = torch.full((1, 1, 4, 4), -300.0, requires_grad=True)
+    segmentation_loss(official, mask).backward()
+    assert official.grad.abs().max() == 0  # the official clamped form: no way back (why the option exists)

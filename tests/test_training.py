@@ -158,3 +158,26 @@ def test_segmentation_warmup_ramps_the_learning_rates_linearly(tmp_path: Path):
         trainer.step += 1
         seen.append([round(g["lr"], 6) for g in trainer.optimizers.segmentation.param_groups])
     assert seen == [[0.1, 0.05], [0.2, 0.1], [0.3, 0.15], [0.4, 0.2], [0.4, 0.2], [0.4, 0.2]]
+
+
+def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
+    """Logits far below zero everywhere (the measured collapse): training ends with a warning, not silent metrics."""
+    from pfadseg.training.trainer import Trainer
+
+    real_fit = Trainer.fit
+
+    def fit_then_saturate(self, progress=True):
+        summary = real_fit(self, progress)
+        last = self.model.segmentation.head[-1]
+        with torch.no_grad():
+            last.weight.mul_(1e-2)  # logits vary a little around the bias: the map is not constant ...
+            last.bias.fill_(-60.0)  # ... but sigmoid ≈ 1e-26 everywhere: dead under the official loss
+        return summary
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_saturate)
+    args = ["train", "--data", str(tiny_mvtec), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "warning: the anomaly map is (almost) zero everywhere" in out.out + out.err
+    assert "train.loss_from_logits=true" in out.out + out.err

@@ -29,6 +29,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0
+    loss_from_logits: bool = False  # stage-2 focal loss in log space: no dead gradient when the sigmoid saturates
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the segmentation net for stage 2 (faster after a one-off compilation)

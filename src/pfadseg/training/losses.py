@@ -16,14 +16,21 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False) >= 0.5).float()
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
-    """Binary focal loss (no α), mean over pixels, computed from the logits.
+def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
+    """Binary focal loss on probabilities (no α), mean over pixels, as in the official code."""
+    p = p.float().clamp(1e-6, 1 - 1e-6)
+    ce = F.binary_cross_entropy(p, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    return (ce * (1 - p_t) ** gamma).mean()
 
-    The value is the official code's (focal loss on ``sigmoid(logits)`` clamped to [1e-6, 1 − 1e-6])
-    wherever that clamp is inactive. Where the sigmoid saturates, the clamp's gradient is zero: a
-    network whose logits all fall below −14 early in stage 2 (measured: −60…−600 at lr 0.4) could
-    never come back, and its map stayed constant. In log space the wrongly saturated pixels keep a
-    gradient of about 1.
+
+def focal_loss_from_logits(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
+    """The same focal loss computed in log space from the logits (``train.loss_from_logits``).
+
+    Equal to :func:`focal_loss` of ``sigmoid(logits)`` wherever its clamp is inactive. Where the
+    sigmoid saturates, the clamp's gradient is zero: a network whose logits all fall below −14 early
+    in stage 2 (measured: −60…−600 at lr 0.4) never comes back. In log space the wrongly saturated
+    pixels keep a gradient of about 1 (docs/benchmarks.md: it rescued such a run).
     """
     z = logits.float()
     log_p, log_not_p = F.logsigmoid(z), F.logsigmoid(-z)
@@ -32,7 +39,12 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -
     return (ce * (1 - p_t) ** gamma).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
-    """Stage 2: focal (γ = 4) + L1 on the probability, weights 1 : 1, against the mask resized to the output's size."""
+def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 4.0, from_logits: bool = False) -> torch.Tensor:
+    """Stage 2: focal (γ = 4) + L1 on the probability, weights 1 : 1, against the mask resized to the output's size.
+
+    ``from_logits``: the focal term in log space (keeps a gradient where the sigmoid saturates).
+    """
     target = downsample_mask(mask, logits.shape[-2:])
-    return focal_loss(logits, target, gamma) + (torch.sigmoid(logits.float()) - target).abs().mean()
+    p = torch.sigmoid(logits.float())
+    focal = focal_loss_from_logits(logits, target, gamma) if from_logits else focal_loss(p, target, gamma)
+    return focal + (p - target).abs().mean()

@@ -151,12 +151,12 @@ class Trainer:
         _, synthetic, mask = self.batches.next()
         self.model.student.eval()
         self.model.segmentation.train()
+        t = self.config.train
         hint = f"train without it: --set train.compile=false, or compile: false in {self.run_dir / 'config.yaml'} and --resume"
         with self.stage_precision[2].autocast(self.device), compile_errors(hint):
-            loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, self.config.train.focal_gamma)
+            loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, t.focal_gamma, t.loss_from_logits)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
-        t = self.config.train
         if t.seg_warmup_steps > 0:  # a function of the step alone, so resume stays exact
             factor = min(1.0, (self.step - t.student_steps + 1) / t.seg_warmup_steps)
             for group, base in zip(self.optimizers.segmentation.param_groups, (t.lr_seg_blocks, t.lr_seg_head)):
