@@ -55,7 +55,7 @@ def test_brightness_scales_each_image_within_the_range_and_clips() -> None:
     aug = NormalAugmentation(brightness=0.3)
     out = aug(x, torch.Generator().manual_seed(1))
     factors = out[:, 0, 1, 1] / 0.5
-    assert torch.allclose(out[:, :, 1:, 1:], factors.reshape(-1, 1, 1, 1).expand(-1, 3, 3, 3))  # one factor per image
+    assert torch.allclose(out[:, :, 1:, 1:], 0.5 * factors.reshape(-1, 1, 1, 1).expand(-1, 3, 3, 3))  # one factor per image
     assert factors.min() >= 0.7 - 1e-6 and factors.max() <= 1.3 + 1e-6
     assert factors.min() < 0.75 and factors.max() > 1.25 and factors.std() > 0.1
     assert out.max() <= 1.0 and (out[:, 0, 0, 0] == 1.0).any()
