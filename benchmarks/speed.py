@@ -209,12 +209,10 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
     return result
 
 
-def busy(seconds: dict, gpu: bool) -> str:
-    """An extra table cell with the GPU's mean utilisation during the timed repeats (nothing on a CPU run)."""
-    if not gpu:
-        return ""
+def busy(seconds: dict) -> str:
+    """The GPU's mean utilisation during the timed repeats, as a table value."""
     value = seconds.get("gpu_utilisation_percent")
-    return f" {value:.0f} |" if value is not None else " n/a |"
+    return f"{value:.0f}" if value is not None else "n/a"
 
 
 def markdown(result: dict, presets: list[str]) -> str:
@@ -239,9 +237,10 @@ def markdown(result: dict, presets: list[str]) -> str:
             flops = 2 * entry["macs_per_image"] * b32["images_per_second"]
             spread = b32["seconds"]
             batch1 = f"{b1['images_per_second']:.2f}" if b1 else "not timed"
+            usage = f" {busy(spread)} |" if gpu else ""
             lines.append(f"| {preset} | {mode} | {batch1} | {b32['images_per_second']:.2f} "
                          f"[{32 / spread['max']:.2f}–{32 / spread['min']:.2f}] | {b32['images_per_second'] / base:.2f} | "
-                         f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |" + busy(spread, gpu))
+                         f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |" + usage)
     lines += ["", "## Training steps (batch 16)", "",
               "| preset | precision | memory format (stage 1 / 2) | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |"
               + (" GPU busy % (1 / 2) |" if gpu else ""),
@@ -252,7 +251,7 @@ def markdown(result: dict, presets: list[str]) -> str:
         for name, s in steps.items():
             cells = [f"{s[k]['median']:.2f} [{s[k]['min']:.2f}–{s[k]['max']:.2f}]" for k in ("stage1", "stage2")]
             gains = [f"{ref[k]['median'] / s[k]['median']:.2f}" for k in ("stage1", "stage2")]
-            usage = f" {busy(s['stage1'], gpu).strip(' |')} / {busy(s['stage2'], gpu).strip(' |')} |" if gpu else ""
+            usage = f" {busy(s['stage1'])} / {busy(s['stage2'])} |" if gpu else ""
             lines.append(f"| {preset} | {name} | {s['memory_format']} | {' | '.join(cells)} | {' | '.join(gains)} |" + usage)
     for preset in presets:
         for name, s in result[preset]["training"].items():

@@ -50,3 +50,17 @@ def test_training_table_reports_speed_ups_and_compile_time():
     assert "| pfadseg | bf16 + compile (stage 2) | contiguous / channels_last | 2.00 [1.90–2.20] | 2.00 [1.90–2.20] | 2.00 | 2.00 |" in text
     assert "took 41 s" in text and "GPU busy" not in text
     assert "| pfadseg | fp32 eager | 4.00 | 4.00 [4.00–4.00] | 1.00 | 0.240 | 120 | 240 |" in text
+
+
+def test_gpu_runs_add_the_utilisation_columns():
+    speed = _speed_module()
+    busy = {"median": 2.0, "min": 1.9, "max": 2.2, "repeats": 3, "gpu_utilisation_percent": 91.0}
+    unsampled = {"median": 2.0, "min": 1.9, "max": 2.2, "repeats": 3}  # nvidia-smi gave no sample
+    b32 = {"images_per_second": 4.0, "seconds": busy}
+    entry = {"macs_per_image": 30e9, "peak_rss_mb_batch1": 1.0, "inference": {"fp32 eager": {"batch1": b32, "batch32": b32}},
+             "training": {"fp32 eager": {"memory_format": "channels_last / channels_last", "stage1": busy, "stage2": unsampled}}}
+    result = {"image_size": 256, "device": "cuda", "peak_flops": {"fp32": 1e11, "bf16": 2e11},
+              "environment": {"machine": {"cpu": "test CPU", "cpu_threads": 2}}, "pfadseg": entry}
+    text = speed.markdown(result, ["pfadseg"])
+    assert "| % fp32 peak | GPU busy % |" in text and text.count("GPU busy %") == 2
+    assert "| 120 | 240 | 91 |" in text and "| 1.00 | 1.00 | 91 / n/a |" in text
