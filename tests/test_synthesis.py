@@ -157,6 +157,23 @@ def test_foreground_only_keeps_masks_on_the_object(textures: torch.Tensor) -> No
     assert estimate_foreground(texture_like, SynthesisConfig()).all()
 
 
+def test_grey_on_grey_pastes_grey_anomalies_on_grey_images_only(textures: torch.Tensor) -> None:
+    grey = torch.rand(8, 1, 64, 64).expand(8, 3, 64, 64).contiguous()
+    colour = torch.rand(8, 3, 64, 64)
+    synth = AnomalySynthesizer(textures, SynthesisConfig(grey_on_grey=True))
+    plain = AnomalySynthesizer(textures)
+    grey_aug, masks = synth(grey, torch.Generator().manual_seed(1))
+    assert masks.any()
+    assert (grey_aug.amax(dim=1) - grey_aug.amin(dim=1)).max() < 1e-6  # still grey where the anomaly is
+    plain_aug, plain_masks = plain(grey, torch.Generator().manual_seed(1))
+    assert torch.equal(plain_masks, masks)
+    assert (plain_aug.amax(dim=1) - plain_aug.amin(dim=1)).max() > 0.05  # DeSTSeg's synthesis colours them
+    # The luminance of the coloured anomaly: same masks and blend, the texture's luma instead of its colour.
+    luma = (plain_aug * torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(dim=1)
+    assert torch.allclose(grey_aug[:, 0], luma, atol=1e-5)
+    assert torch.equal(synth(colour, torch.Generator().manual_seed(1))[0], plain(colour, torch.Generator().manual_seed(1))[0])
+
+
 def test_texture_augmentation_runs_and_is_reproducible(textures: torch.Tensor) -> None:
     synth = AnomalySynthesizer(textures, SynthesisConfig(texture_augmentation=True))
     x = torch.rand(12, 3, 64, 64)

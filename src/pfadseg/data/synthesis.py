@@ -17,6 +17,10 @@ Every sample gets an anomaly by default (``anomaly_probability = 1``); empty mas
 are kept. Randomness comes only from the ``torch.Generator`` passed in: parameters are drawn on
 the generator's device, so a seed reproduces a batch exactly, on CPU or CUDA.
 
+``grey_on_grey`` (off by default) replaces the texture by its luminance (ITU-R 601 weights) on
+images whose three channels are equal, so that a grey product (e.g. Magnetic Tile) is not taught
+that anomalies are coloured.
+
 ``foreground_only`` (off by default) restricts ``M`` to an estimate of the object foreground
 computed from the image itself (:func:`estimate_foreground`): the background colour is the
 per-channel median of a thin border band; pixels whose largest channel difference from it,
@@ -50,6 +54,7 @@ class SynthesisConfig:
     anomaly_probability: float = 1.0  # samples without an anomaly get M = 0 and I_aug = I
     texture_augmentation: bool = False  # DRAEM's randAugment of the texture (3 of 10 ops)
     foreground_only: bool = False  # restrict M to the estimated object foreground
+    grey_on_grey: bool = False  # on grey images, paste the texture's luminance only (no colour)
     foreground_threshold: float = 0.1  # colour distance from the background, on [0, 1]
     foreground_border: float = 0.02  # border band (fraction of the shorter side) for the background
     foreground_smoothing: float = 0.03  # box filter size (fraction of the shorter side)
@@ -166,6 +171,17 @@ def estimate_foreground(images: torch.Tensor, config: SynthesisConfig) -> torch.
     return fg | too_small[:, None, None, None]
 
 
+def is_grey(images: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: the image's three channels are equal (within half a grey level)."""
+    return (images.amax(dim=1) - images.amin(dim=1)).flatten(1).amax(dim=1) < 0.5 / 255
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` luma of RGB images (ITU-R 601: 0.299 R + 0.587 G + 0.114 B)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+    return (images * weights[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
 class AnomalySynthesizer:
     """Turn a batch of normal images into synthetic anomalies with their masks.
 
@@ -232,6 +248,8 @@ class AnomalySynthesizer:
         texture = self.textures_for(h, w, device, dtype)[tex_index.to(device)]
         if cfg.texture_augmentation:
             texture = random_augment(texture, generator)
+        if cfg.grey_on_grey:
+            texture = torch.where(is_grey(images)[:, None, None, None], luminance(texture).expand_as(texture), texture)
         beta_d = beta.to(device=device, dtype=dtype)[:, None, None, None]
         # I (1 - M) + (1 - beta) A M + beta I M  ==  I + (1 - beta) M (A - I)
         augmented = torch.addcmul(images, mask_f * (1.0 - beta_d), texture - images)
