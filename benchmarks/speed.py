@@ -37,7 +37,7 @@ from pfadseg.models import build_model
 from pfadseg.models.summary import summarize
 from pfadseg.runs import environment, load_texture_source, save_model
 from pfadseg.training.batches import BatchMaker
-from pfadseg.training.runtime import Precision, memory_format_name, resolve_device
+from pfadseg.training.runtime import Precision, resolve_device
 from pfadseg.training.trainer import Trainer
 
 TEACHER = "efficientnet_lite0"  # the offline teacher: ImageNet weights without a download
@@ -139,8 +139,8 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
         trainer.segmentation_step()
         first_stage2 = time.perf_counter() - started
         stage2 = timed(trainer.segmentation_step, device, warmup, repeats)
-    return {"memory_format": memory_format_name(precision, model, device),
-            "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
+    formats = ["channels_last" if trainer.stage_precision[k].channels_last else "contiguous" for k in (1, 2)]
+    return {"memory_format": " / ".join(formats), "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
 
 
 def rss_probe(run_dir: str) -> None:

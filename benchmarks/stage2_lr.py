@@ -25,7 +25,7 @@ from pfadseg.models.segmentation import SegmentationNet
 from pfadseg.runs import load_run, load_splits, load_texture_source
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.losses import segmentation_loss
-from pfadseg.training.runtime import guard_channels_last_training
+from pfadseg.training.runtime import training_precision
 
 
 def main() -> None:
@@ -46,9 +46,8 @@ def main() -> None:
         config = merge(config, parse_override(text))
     torch.manual_seed(args.seed)
     model.segmentation = SegmentationNet(sum(model.teacher.channels), config.model.block, config.model.head).to(device)
-    precision = run.precision
+    precision = training_precision(run.precision, model, device)
     model.to(memory_format=precision.memory_format())
-    guard_channels_last_training(model.segmentation, precision, device)
     size = config.train.image_size
     splits, cache = load_splits(config.data), ImageCache()
     batches = BatchMaker(
@@ -74,6 +73,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    model.to(memory_format=run.precision.memory_format())
     evaluation = evaluate(model, splits.test, size, config.train.eval_size, run.precision, device,
                           binarize_at=splits.binarize_at, cache=cache, progress=False)
     print(json.dumps({"steps": args.steps, "lr_blocks": args.lr_blocks, "lr_head": args.lr_head,

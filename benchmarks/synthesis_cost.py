@@ -21,7 +21,7 @@ from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
 from pfadseg.data.textures import procedural_textures
 from pfadseg.models import build_model
 from pfadseg.training.batches import BatchMaker
-from pfadseg.training.runtime import resolve_precision
+from pfadseg.training.runtime import resolve_precision, training_precision
 from pfadseg.training.trainer import Trainer
 
 
@@ -52,9 +52,10 @@ def main() -> None:
 
     config = merge(preset_config("pfadseg", "paper"), {"model": {"teacher": args.teacher}})
     model = build_model(config.model)
-    precision = resolve_precision("auto", True, device)
+    precision = training_precision(resolve_precision("auto", True, device), model, device)
     batches = BatchMaker(images, synthesizer, augmentation_for_category(None), args.batch, 0, precision.memory_format())
     trainer = Trainer(model, config, batches, precision, run_dir=None, device=device)  # type: ignore[arg-type]
+    model.to(memory_format=precision.memory_format())
     student = median_seconds(trainer.student_step, args.repeats)
     segmentation = median_seconds(trainer.segmentation_step, args.repeats)
     print(f"batch {args.batch} at {args.size}², teacher {args.teacher}, precision {precision.name}"

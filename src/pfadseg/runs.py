@@ -52,7 +52,11 @@ from pfadseg.models import PFADSeg, build_model
 from pfadseg.thresholds import THRESHOLDS_FILE, decision_rates, f1_threshold, format_rates, fpr_threshold, load_thresholds
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import init_distributed
-from pfadseg.training.runtime import Precision, memory_format_name, resolve_device, resolve_precision
+from pfadseg.training.runtime import (
+    Precision,
+    resolve_device,
+    resolve_precision,
+)
 from pfadseg.training.trainer import CHECKPOINT_FILE, Trainer
 
 METRICS_FILE = "metrics.json"
@@ -199,7 +203,8 @@ def train(
     if resume:
         trainer.load_checkpoint()
         log(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
-    log(f"training on {device} ({precision.name}, {memory_format_name(precision, model, device)}): "
+    formats = ", ".join(f"stage {k} {'channels_last' if p.channels_last else 'contiguous'}" for k, p in trainer.stage_precision.items())
+    log(f"training on {device} ({precision.name}; {formats}): "
         f"{config.train.student_steps} student + {config.train.segmentation_steps} segmentation steps, "
         f"batch {config.train.batch_size}, {size}×{size}")
     if distributed.enabled:

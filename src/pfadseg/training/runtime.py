@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from pfadseg.errors import PfadsegError
 
@@ -66,48 +65,24 @@ def resolve_precision(precision: str, channels_last: bool, device: torch.device)
     return Precision(None, channels_last)
 
 
-def unsafe_channels_last_convs(model: nn.Module, precision: Precision, device: torch.device) -> list[nn.Conv2d]:
-    """The model's convs whose weight gradients the backend gets wrong in ``precision``'s memory format.
+def bf16_channels_last_trains_safely(model: nn.Module) -> bool:
+    """False when the model has a dilated conv whose channel count is not a multiple of 16.
 
-    On CPU, oneDNN (as shipped with PyTorch 2.13) computes wrong weight gradients in bf16 with
-    channels_last for dilated convs whose channel count is not a multiple of 16: NaN/inf or far off
-    (measured at 24 and 40 channels, the EfficientNet-Lite0 teacher's widths, dilations 2 and 3;
-    48, 64 and 112 channels are exact).
+    On CPU, oneDNN (as shipped with PyTorch 2.13) returns NaN/inf weight gradients for such convs in
+    bf16 with channels_last (measured at 24 and 40 channels, the EfficientNet-Lite0 teacher's widths,
+    dilations 2 and 3; 48, 64 and 112 channels are exact). Those models train in the contiguous format.
     """
-    if not (device.type == "cpu" and precision.autocast_dtype == torch.bfloat16 and precision.channels_last):
-        return []
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and m.in_channels % 16 != 0]
+    return not any(
+        isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and m.in_channels % 16 != 0 for m in model.modules()
+    )
 
 
-def _contiguous_input(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    if not conv.weight.is_contiguous():  # model.to(memory_format=channels_last) converted it
-        conv.weight.data = conv.weight.data.contiguous()
-    return (args[0].contiguous(), *args[1:])
-
-
-def _channels_last_output(conv: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-    return out.contiguous(memory_format=torch.channels_last)
-
-
-def guard_channels_last_training(model: nn.Module, precision: Precision, device: torch.device) -> list[RemovableHandle]:
-    """Train the convs of ``unsafe_channels_last_convs`` in the contiguous format, the rest channels_last.
-
-    Those convs get contiguous weights and inputs, so their backward runs contiguous, and hand
-    channels_last outputs back: the rest of the model keeps the faster format (stage 1 of PFADSeg
-    with the Lite0 teacher: see docs/performance.md). Returns the hook handles (``remove()`` undoes it).
-    """
-    handles = []
-    for conv in unsafe_channels_last_convs(model, precision, device):
-        handles += [conv.register_forward_pre_hook(_contiguous_input), conv.register_forward_hook(_channels_last_output)]
-    return handles
-
-
-def memory_format_name(precision: Precision, model: nn.Module, device: torch.device) -> str:
-    """The training memory format in words, e.g. ``channels_last (8 dilated convs contiguous)``."""
-    if not precision.channels_last:
-        return "contiguous"
-    guarded = len(unsafe_channels_last_convs(model, precision, device))
-    return f"channels_last ({guarded} dilated convs contiguous)" if guarded else "channels_last"
+def training_precision(precision: Precision, model: nn.Module, device: torch.device) -> Precision:
+    """``precision`` for training, without channels_last where the CPU backend would compute wrong gradients."""
+    unsafe = device.type == "cpu" and precision.autocast_dtype == torch.bfloat16 and precision.channels_last
+    if unsafe and not bf16_channels_last_trains_safely(model):
+        return Precision(precision.autocast_dtype, channels_last=False)
+    return precision
 
 
 def compile_fixed_batch(fn: Callable[..., tuple[torch.Tensor, ...]], batch_size: int) -> Callable[..., tuple[torch.Tensor, ...]]:

@@ -33,7 +33,7 @@ from pfadseg.models import PFADSeg
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed
 from pfadseg.training.losses import cosine_loss, segmentation_loss
-from pfadseg.training.runtime import Precision, compile_errors, guard_channels_last_training
+from pfadseg.training.runtime import Precision, compile_errors, training_precision
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "train_log.jsonl"
@@ -98,14 +98,15 @@ class Trainer:
         self.model = model
         self.config = config
         self.batches = batches
-        self.precision = precision
-        model.to(memory_format=precision.memory_format())
-        batches.memory_format = precision.memory_format()
-        # Convs the CPU backend would compute wrong bf16 channels_last gradients for train contiguous.
-        self._guard_hooks = guard_channels_last_training(model, precision, device)
+        # Per stage, the run's precision in a memory format the backend trains that stage's network
+        # correctly in (see training_precision): the student and the segmentation net may differ.
+        self.stage_precision = {1: training_precision(precision, model.student, device),
+                                2: training_precision(precision, model.segmentation, device)}
         self.run_dir = run_dir
         self.device = device
         self.distributed = distributed or Distributed()
+        self._format_stage = 0
+        self._enter_stage(1)
         # What each stage trains, as DistributedDataParallel replicas under torchrun.
         self.student_net = self.distributed.wrap(model.student)
         self.segmentation_net = self.distributed.wrap(model.segmentation)
@@ -113,7 +114,7 @@ class Trainer:
             # Fuses the segmentation net's element-wise work (PA blocks, RCM) into its convolutions:
             # the stage-2 step, which dominates training, runs 1.24x faster at 256², batch 16 on a CPU (docs/performance.md).
             # The student stays eager: compiling it takes minutes for a few percent, and inductor's
-            # layouts bypass the contiguous convs of guard_channels_last_training (NaN gradients).
+            # channels_last layouts meet the oneDNN bf16 gradient bug that training_precision avoids.
             self.segmentation_net = torch.compile(self.segmentation_net)
         self._compile_hint = f"train without it: --set train.compile=false, or compile: false in {run_dir / CONFIG_FILE} and --resume"
         self.optimizers = Optimizers.create(model, config)
@@ -128,10 +129,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step of each stage
 
+    def _enter_stage(self, stage: int) -> None:
+        """Put the model and the batches in the stage's memory format (once per stage change)."""
+        if self._format_stage != stage:
+            memory_format = self.stage_precision[stage].memory_format()
+            self.model.to(memory_format=memory_format)
+            self.batches.memory_format = memory_format
+            self._format_stage = stage
+
     def student_step(self) -> float:
+        self._enter_stage(1)
         clean, synthetic, _ = self.batches.next()
         self.model.student.train()
-        with self.precision.autocast(self.device):
+        with self.stage_precision[1].autocast(self.device):
             loss = cosine_loss(self.model.distillation_maps(clean, synthetic, self.student_net))
         self.optimizers.student.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,11 +149,12 @@ class Trainer:
         return loss.item()
 
     def segmentation_step(self) -> float:
+        self._enter_stage(2)
         _, synthetic, mask = self.batches.next()
         self.model.student.eval()
         self.model.segmentation.train()
         t = self.config.train
-        with self.precision.autocast(self.device), compile_errors(self._compile_hint):
+        with self.stage_precision[2].autocast(self.device), compile_errors(self._compile_hint):
             loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, t.focal_gamma, t.loss_from_logits)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,6 +227,4 @@ class Trainer:
                     self.save_checkpoint()
         self.distributed.sync_buffers(self.model)  # replicas end identical: rank 0's BatchNorm statistics everywhere
         bar.close()
-        for hook in self._guard_hooks:  # the trained model runs without them (the forward pass was never affected)
-            hook.remove()
         return summary
