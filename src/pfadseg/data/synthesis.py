@@ -53,8 +53,8 @@ class SynthesisConfig:
     beta_max: float = 0.8
     anomaly_probability: float = 1.0  # samples without an anomaly get M = 0 and I_aug = I
     texture_augmentation: bool = False  # DRAEM's randAugment of the texture (3 of 10 ops)
-    foreground_only: bool = False  # restrict M to the estimated object foreground
     grey_on_grey: bool = False  # on grey images, paste the texture's luminance only (no colour)
+    foreground_only: bool = False  # restrict M to the estimated object foreground
     foreground_threshold: float = 0.1  # colour distance from the background, on [0, 1]
     foreground_border: float = 0.02  # border band (fraction of the shorter side) for the background
     foreground_smoothing: float = 0.03  # box filter size (fraction of the shorter side)
