@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from pfadseg.data.geometry import rotate
-from pfadseg.data.texture_augment import random_augment
+from pfadseg.data.texture_augment import luminance, random_augment
 
 
 @dataclass
@@ -174,12 +174,6 @@ def estimate_foreground(images: torch.Tensor, config: SynthesisConfig) -> torch.
 def is_grey(images: torch.Tensor) -> torch.Tensor:
     """``(B,)`` bool: the image's three channels are equal (within half a grey level)."""
     return (images.amax(dim=1) - images.amin(dim=1)).flatten(1).amax(dim=1) < 0.5 / 255
-
-
-def luminance(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` luma of RGB images (ITU-R 601: 0.299 R + 0.587 G + 0.114 B)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
-    return (images * weights[None, :, None, None]).sum(dim=1, keepdim=True)
 
 
 class AnomalySynthesizer:

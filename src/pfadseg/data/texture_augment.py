@@ -48,12 +48,16 @@ def gamma(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
     return x.clamp(min=0.0) ** gam
 
 
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` luma of RGB images (ITU-R 601: 0.299 R + 0.587 G + 0.114 B)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
 def brightness(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
     """Multiply luma by [0.8, 1.2] and add [-30, 30]/255 (chroma unchanged)."""
     mul = _uniform(x, g, 0.8, 1.2)[:, None, None, None]
     add = _uniform(x, g, -30.0 / 255.0, 30.0 / 255.0)[:, None, None, None]
-    luma = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    return (x + luma * (mul - 1.0) + add).clamp(0.0, 1.0)
+    return (x + luminance(x) * (mul - 1.0) + add).clamp(0.0, 1.0)
 
 
 def sharpen(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
