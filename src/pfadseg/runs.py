@@ -227,9 +227,10 @@ def train(
         log(format_calibration(thresholds))
     if evaluation is not None:
         write_metrics(run_dir, evaluation)
-        # Below 1e-6 everywhere, the official loss's clamp leaves the network no gradient to recover with.
-        if np.ptp(evaluation.maps) == 0 or evaluation.maps.max() < 1e-6:
-            log("warning: the anomaly map is (almost) zero everywhere: the segmentation network's output saturated during "
+        # A saturated sigmoid gives (almost) one value everywhere, usually below 1e-6, where the official
+        # loss's clamp leaves the network no gradient to recover with.
+        if np.ptp(evaluation.maps) < 1e-6:
+            log("warning: the anomaly map is (almost) zero everywhere, or otherwise constant: the segmentation network's output saturated during "
                 "training and these metrics mean nothing; retrain with --set train.loss_from_logits=true, "
                 "--set train.seg_warmup_steps=30 or lower segmentation learning rates (docs/benchmarks.md)")
     seconds = time.perf_counter() - started
