@@ -17,9 +17,13 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
-    """Binary focal loss on probabilities (no α), mean over pixels, as in the official code."""
+    """Binary focal loss on probabilities (no α), mean over pixels, as in the official code.
+
+    The cross-entropy is written out: ``F.binary_cross_entropy`` raises on NaN, whereas a NaN loss
+    reaches the trainer, which stops with a clear "training diverged" error.
+    """
     p = p.float().clamp(1e-6, 1 - 1e-6)
-    ce = F.binary_cross_entropy(p, target, reduction="none")
+    ce = -(target * p.log() + (1 - target) * (1 - p).log())
     p_t = p * target + (1 - p) * (1 - target)
     return (ce * (1 - p_t) ** gamma).mean()
 
