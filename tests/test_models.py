@@ -57,6 +57,25 @@ def test_student_adapts_to_teacher_channels():
     assert model.segmentation.res[0].conv1.in_channels == 24 + 40 + 112
 
 
+@pytest.mark.parametrize(
+    "teacher, student_output, signed",
+    [("efficientnet_lite0", "auto", True), ("resnet18", "auto", False), ("efficientnet_lite0", "relu", False), ("resnet18", "linear", True)],
+)
+def test_student_outputs_are_signed_exactly_when_the_teacher_features_are(teacher, student_output, signed):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(teacher=teacher, student_output=student_output), pretrained=False).eval()
+    with torch.no_grad():
+        t_feats, s_feats = model.features(torch.rand(2, 3, 64, 64))
+    assert all(bool((t < 0).any()) == model.teacher.signed_features for t in t_feats)
+    assert all(bool((s < 0).any()) == signed for s in s_feats)
+
+
+def test_student_output_choice_keeps_the_checkpoint_layout():
+    relu = build_model(ModelConfig(teacher="efficientnet_lite0", student_output="relu"), pretrained=False)
+    linear = build_model(ModelConfig(teacher="efficientnet_lite0", student_output="linear"), pretrained=False)
+    assert {k: v.shape for k, v in relu.state_dict().items()} == {k: v.shape for k, v in linear.state_dict().items()}
+
+
 def test_aff_with_half_weight_is_the_plain_sum(monkeypatch):
     aff = AFF(16)
     y, z = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pfadseg.models.pa_block import BlockConfig
 from pfadseg.models.segmentation import HeadConfig
@@ -16,6 +17,10 @@ class ModelConfig:
     block: BlockConfig = field(default_factory=BlockConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     zero_init_last_bn: bool = True
+    # How the student's output layers end. "relu": as in ResNet18 (the paper). "linear": no final ReLU.
+    # "auto": linear when the teacher's features are signed (EfficientNet-Lite0's linear bottlenecks),
+    # since a non-negative student cannot align with them (1 − cos stays ≥ 0.22–0.32 on Lite0 features).
+    student_output: Literal["auto", "relu", "linear"] = "auto"
     top_k: int = 100  # image score = mean of the top-k pixels of the anomaly map
 
 

@@ -25,10 +25,14 @@ class BlockConfig:
 
 
 class PABlock(nn.Module):
-    """conv3×3(stride) → BN → ReLU → PCAR (or conv3×3) → BN, fused with the identity by AFF (or a sum) → ReLU."""
+    """conv3×3(stride) → BN → ReLU → PCAR (or conv3×3) → BN, fused with the identity by AFF (or a sum) → ReLU.
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, config: BlockConfig = BlockConfig()) -> None:
+    ``final_relu=False`` leaves the output linear: a student block that must imitate signed teacher features.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, config: BlockConfig = BlockConfig(), final_relu: bool = True) -> None:
         super().__init__()
+        self.final_relu = final_relu
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
@@ -46,11 +50,14 @@ class PABlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         out = y + identity if self.fuse is None else self.fuse(y, identity)
-        return self.relu(out)
+        return self.relu(out) if self.final_relu else out
 
 
-def pa_layer(cin: int, cout: int, blocks: int, stride: int, config: BlockConfig) -> nn.Sequential:
-    """``blocks`` PA blocks; the first one changes channels/stride (1×1 projection on its identity)."""
-    return nn.Sequential(
-        PABlock(cin, cout, stride, config), *(PABlock(cout, cout, 1, config) for _ in range(blocks - 1))
-    )
+def pa_layer(cin: int, cout: int, blocks: int, stride: int, config: BlockConfig, final_relu: bool = True) -> nn.Sequential:
+    """``blocks`` PA blocks; the first one changes channels/stride (1×1 projection on its identity).
+
+    ``final_relu``: whether the layer's last block ends with a ReLU (see :class:`PABlock`).
+    """
+    layer = [PABlock(cin, cout, stride, config)] + [PABlock(cout, cout, 1, config) for _ in range(blocks - 1)]
+    layer[-1].final_relu = final_relu
+    return nn.Sequential(*layer)

@@ -39,6 +39,15 @@ def distance_product(teacher_feats: list[torch.Tensor], student_feats: list[torc
     return torch.stack(maps, dim=0).prod(dim=0)
 
 
+def linear_student_outputs(config: ModelConfig, teacher: Teacher) -> bool:
+    """Whether the student's output layers end linearly: ``config.student_output``, "auto" following the teacher."""
+    if config.student_output == "auto":
+        return teacher.signed_features
+    if config.student_output not in ("relu", "linear"):
+        raise ValueError(f"unknown student_output {config.student_output!r}: expected 'auto', 'relu' or 'linear'")
+    return config.student_output == "linear"
+
+
 class PFADSeg(nn.Module):
     """Teacher encoder + student decoder + guided segmentation network.
 
@@ -50,7 +59,7 @@ class PFADSeg(nn.Module):
         super().__init__()
         self.config = config
         self.teacher = teacher
-        self.student = Student(teacher.channels, config.block, config.zero_init_last_bn)
+        self.student = Student(teacher.channels, config.block, config.zero_init_last_bn, linear_student_outputs(config, teacher))
         self.segmentation = SegmentationNet(sum(teacher.channels), config.block, config.head)
 
     def features(self, x01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -39,15 +39,18 @@ class PAResNet18Encoder(nn.Module):
 
 
 class ReversedDecoder(nn.Module):
-    """Four layers of two stride-1 PA blocks, 512 → 512 → c3 → c2 → c1, bilinear ×2 before each of the last three."""
+    """Four layers of two stride-1 PA blocks, 512 → 512 → c3 → c2 → c1, bilinear ×2 before each of the last three.
 
-    def __init__(self, out_channels: tuple[int, int, int], config: BlockConfig) -> None:
+    ``linear_outputs``: the three output layers end without a ReLU, so they can match signed teacher features.
+    """
+
+    def __init__(self, out_channels: tuple[int, int, int], config: BlockConfig, linear_outputs: bool = False) -> None:
         super().__init__()
         c1, c2, c3 = out_channels
         self.layer4 = pa_layer(512, 512, 2, 1, config)
-        self.layer3 = pa_layer(512, c3, 2, 1, config)
-        self.layer2 = pa_layer(c3, c2, 2, 1, config)
-        self.layer1 = pa_layer(c2, c1, 2, 1, config)
+        self.layer3 = pa_layer(512, c3, 2, 1, config, final_relu=not linear_outputs)
+        self.layer2 = pa_layer(c3, c2, 2, 1, config, final_relu=not linear_outputs)
+        self.layer1 = pa_layer(c2, c1, 2, 1, config, final_relu=not linear_outputs)
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -61,10 +64,16 @@ class ReversedDecoder(nn.Module):
 class Student(nn.Module):
     """Denoising student: maps a (synthetic) image to features that imitate the teacher's on the clean image."""
 
-    def __init__(self, teacher_channels: tuple[int, int, int], config: BlockConfig, zero_init_last_bn: bool = True) -> None:
+    def __init__(
+        self,
+        teacher_channels: tuple[int, int, int],
+        config: BlockConfig,
+        zero_init_last_bn: bool = True,
+        linear_outputs: bool = False,
+    ) -> None:
         super().__init__()
         self.encoder = PAResNet18Encoder(config, zero_init_last_bn)
-        self.decoder = ReversedDecoder(teacher_channels, config)
+        self.decoder = ReversedDecoder(teacher_channels, config, linear_outputs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, w = x.shape[-2:]

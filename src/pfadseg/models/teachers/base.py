@@ -32,10 +32,16 @@ class Teacher(nn.Module):
         channels: tuple[int, int, int],
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        signed_features: bool = False,
     ) -> None:
-        """`mean`/`std` are per RGB channel, on the [0, 1] scale the input comes in."""
+        """`mean`/`std` are per RGB channel, on the [0, 1] scale the input comes in.
+
+        `signed_features`: the tapped features take negative values (no ReLU after them), so the
+        student's outputs must be able to as well.
+        """
         super().__init__()
         self.channels = channels
+        self.signed_features = signed_features
         # Not persistent: they are constants of the backbone, not weights to save.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)

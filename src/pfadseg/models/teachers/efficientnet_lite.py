@@ -116,8 +116,9 @@ class EfficientNetLite0Teacher(Teacher):
     """Stem + blocks 0..10 of EfficientNet-Lite0: 24ch @1/4, 40ch @1/8, 112ch @1/16."""
 
     def __init__(self, net: EfficientNetLite0) -> None:
-        # TF preprocessing (x*255 - 127) / 128, written as mean/std on the [0, 1] scale.
-        super().__init__(channels=(24, 40, 112), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+        # TF preprocessing (x*255 - 127) / 128, written as mean/std on the [0, 1] scale. The taps are
+        # linear-bottleneck outputs (projection conv + BN, no activation), hence signed.
+        super().__init__(channels=(24, 40, 112), mean=(127 / 255,) * 3, std=(128 / 255,) * 3, signed_features=True)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = net._blocks[: TAP_BLOCKS[-1] + 1]
 
