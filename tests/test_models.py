@@ -55,6 +55,10 @@ def test_student_adapts_to_teacher_channels():
         feats = model.student(torch.rand(1, 3, 128, 128))
     assert [f.shape[1] for f in feats] == [24, 40, 112]
     assert model.segmentation.res[0].conv1.in_channels == 24 + 40 + 112
+    other_taps = build_model(ModelConfig(teacher="efficientnet_lite0", teacher_taps=(1, 4, 7)), pretrained=False)
+    assert other_taps.teacher.channels == (24, 40, 80)
+    assert other_taps.student.decoder.layer3[-1].bn2.num_features == 80
+    assert other_taps.segmentation.res[0].conv1.in_channels == 24 + 40 + 80
 
 
 @pytest.mark.parametrize(

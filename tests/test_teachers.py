@@ -62,6 +62,34 @@ def test_feature_shapes(name: str, size: tuple[int, int], expected: list[tuple[i
     assert teacher.channels == tuple(shape[0] for shape in expected)
 
 
+def test_efficientnet_lite0_taps_are_the_named_blocks_outputs() -> None:
+    torch.manual_seed(0)
+    net = EfficientNetLite0().eval()
+    teacher = EfficientNetLite0Teacher(net, taps=(1, 3, 7))
+    assert teacher.channels == (24, 40, 80)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = teacher.features(x)
+        h, outputs = teacher.stem(x), []
+        for block in net._blocks[:8]:
+            h = block(h)
+            outputs.append(h)
+    assert [tuple(m.shape[1:]) for m in maps] == [(24, 16, 16), (40, 8, 8), (80, 4, 4)]
+    for level, block in enumerate((1, 3, 7)):
+        torch.testing.assert_close(maps[level], outputs[block])
+
+
+@pytest.mark.parametrize("taps", [(0, 3, 7), (1, 2, 7), (1, 3, 11), (1, 3), (1, 3, 99)])
+def test_efficientnet_lite0_taps_off_the_strides_are_a_one_line_error(taps: tuple[int, ...]) -> None:
+    with pytest.raises(PfadsegError, match=r"strides 4, 8, 16 \(one each from \[1, 2\], \[3, 4\], \[5, 6, 7, 8, 9, 10\]\)"):
+        build_teacher("efficientnet_lite0", pretrained=False, taps=taps)
+
+
+def test_resnet18_taps_are_fixed() -> None:
+    with pytest.raises(PfadsegError, match="fixed"):
+        build_teacher("resnet18", pretrained=False, taps=(1, 2, 3))
+
+
 def test_resnet18_teacher_parameter_count() -> None:
     # Independent count (convs have no bias; each BatchNorm has 2*C parameters):
     #   stem: conv 64*3*7*7 = 9,408 + bn 128

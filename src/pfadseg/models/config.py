@@ -14,6 +14,9 @@ class ModelConfig:
     """Everything that fixes the network's architecture. Table 4's rows differ only in aff/pcar/head."""
 
     teacher: str = "resnet18"
+    # The teacher blocks whose outputs are the three feature levels (strides 4, 8, 16); empty = the
+    # teacher's default. EfficientNet-Lite0: one block each from 1–2, 3–4, 5–10, default (2, 4, 10). ResNet18: fixed.
+    teacher_taps: tuple[int, ...] = ()
     block: BlockConfig = field(default_factory=BlockConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     zero_init_last_bn: bool = True

@@ -118,4 +118,4 @@ class PFADSeg(nn.Module):
 
 def build_model(config: ModelConfig, pretrained: bool = True, teacher_weights: str | None = None) -> PFADSeg:
     """A fresh model (random student and segmentation net) around the configured teacher."""
-    return PFADSeg(config, build_teacher(config.teacher, pretrained=pretrained, weights=teacher_weights))
+    return PFADSeg(config, build_teacher(config.teacher, pretrained=pretrained, weights=teacher_weights, taps=config.teacher_taps))

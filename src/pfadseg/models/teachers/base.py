@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from pfadseg.errors import PfadsegError
 
-TeacherFactory = Callable[[bool, Path | None], "Teacher"]
+TeacherFactory = Callable[[bool, Path | None, tuple[int, ...]], "Teacher"]
 
-# name -> factory(pretrained, weights_path); filled by @register_teacher in the backbone modules.
+# name -> factory(pretrained, weights_path, taps); filled by @register_teacher in the backbone modules.
 TEACHERS: dict[str, TeacherFactory] = {}
 
 
@@ -68,7 +68,7 @@ class Teacher(nn.Module):
 
 
 def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
-    """Decorator adding `factory(pretrained, weights) -> Teacher` to TEACHERS under `name`."""
+    """Decorator adding `factory(pretrained, weights, taps) -> Teacher` to TEACHERS under `name`."""
 
     def add(factory: TeacherFactory) -> TeacherFactory:
         TEACHERS[name] = factory
@@ -83,19 +83,20 @@ def available_teachers() -> list[str]:
 
 
 def build_teacher(
-    name: str, pretrained: bool = True, weights: str | os.PathLike[str] | None = None
+    name: str, pretrained: bool = True, weights: str | os.PathLike[str] | None = None, taps: tuple[int, ...] = ()
 ) -> Teacher:
     """Build a frozen teacher.
 
     `weights` (a state-dict file of the full classifier) wins over `pretrained`;
     `pretrained=False` without `weights` gives random initialisation (tests, --no-pretrained).
+    `taps`: the backbone blocks whose outputs are the three feature levels; empty = the teacher's default.
     """
     if name not in TEACHERS:
         raise PfadsegError(f"unknown teacher {name!r}; known teachers: {', '.join(available_teachers())}")
     path = None if weights is None else Path(weights)
     if path is not None and not path.is_file():
         raise PfadsegError(f"teacher weights file not found: {path}")
-    return TEACHERS[name](pretrained, path).freeze()
+    return TEACHERS[name](pretrained, path, tuple(taps)).freeze()
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -31,8 +31,8 @@ STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
-# Blocks whose outputs the teacher taps: 24ch @1/4, 40ch @1/8, 112ch @1/16.
-TAP_BLOCKS = (2, 4, 10)
+# Blocks whose outputs the teacher taps by default (model.teacher_taps): 24ch @1/4, 40ch @1/8, 112ch @1/16.
+DEFAULT_TAPS = (2, 4, 10)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -112,34 +112,56 @@ class EfficientNetLite0(nn.Module):
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class EfficientNetLite0Teacher(Teacher):
-    """Stem + blocks 0..10 of EfficientNet-Lite0: 24ch @1/4, 40ch @1/8, 112ch @1/16."""
+def block_strides_and_channels() -> list[tuple[int, int]]:
+    """(stride relative to the input, output channels) of each of the 16 blocks."""
+    out, stride = [], 2  # the stem halves the input
+    for repeats, _, first_stride, _, out_ch in STAGES:
+        stride *= first_stride
+        out += [(stride, out_ch)] * repeats
+    return out
 
-    def __init__(self, net: EfficientNetLite0) -> None:
-        # TF preprocessing (x*255 - 127) / 128, written as mean/std on the [0, 1] scale. The taps are
-        # linear-bottleneck outputs (projection conv + BN, no activation), hence signed.
-        super().__init__(channels=(24, 40, 112), mean=(127 / 255,) * 3, std=(128 / 255,) * 3, signed_features=True)
+
+def check_taps(taps: tuple[int, ...]) -> tuple[int, int, int]:
+    """The channels of three tapped blocks; a one-line error unless they sit at strides 4, 8 and 16."""
+    blocks = block_strides_and_channels()
+    if len(taps) != 3 or any(not 0 <= i < len(blocks) for i in taps) or [blocks[i][0] for i in taps] != [4, 8, 16]:
+        allowed = {s: [i for i, (bs, _) in enumerate(blocks) if bs == s] for s in (4, 8, 16)}
+        raise PfadsegError(
+            f"efficientnet_lite0: model.teacher_taps {list(taps)} must be three block indices at strides 4, 8, 16 "
+            f"(one each from {allowed[4]}, {allowed[8]}, {allowed[16]})"
+        )
+    return blocks[taps[0]][1], blocks[taps[1]][1], blocks[taps[2]][1]
+
+
+class EfficientNetLite0Teacher(Teacher):
+    """Stem + MBConv blocks of EfficientNet-Lite0 up to the last tap; by default 24ch @1/4, 40ch @1/8, 112ch @1/16."""
+
+    def __init__(self, net: EfficientNetLite0, taps: tuple[int, ...] = DEFAULT_TAPS) -> None:
+        # TF preprocessing (x*255 - 127) / 128, written as mean/std on the [0, 1] scale. Every block
+        # ends in a linear bottleneck (projection conv + BN, no activation), so the taps are signed.
+        super().__init__(channels=check_taps(taps), mean=(127 / 255,) * 3, std=(128 / 255,) * 3, signed_features=True)
+        self.taps = taps
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
-        self.blocks = net._blocks[: TAP_BLOCKS[-1] + 1]
+        self.blocks = net._blocks[: taps[-1] + 1]
 
     def features(self, x: Tensor) -> list[Tensor]:
         x = self.stem(x)
         taps = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in TAP_BLOCKS:
+            if i in self.taps:
                 taps.append(x)
         return taps
 
 
 @register_teacher("efficientnet_lite0")
-def efficientnet_lite0_teacher(pretrained: bool, weights: Path | None) -> Teacher:
+def efficientnet_lite0_teacher(pretrained: bool, weights: Path | None, taps: tuple[int, ...]) -> Teacher:
     net = EfficientNetLite0()
     if weights is None and pretrained:
         weights = wheel_weights_path()
     if weights is not None:
         load_state_strict(net, read_state_dict(weights), weights)
-    return EfficientNetLite0Teacher(net)
+    return EfficientNetLite0Teacher(net, taps or DEFAULT_TAPS)
 
 
 def wheel_weights_path() -> Path:

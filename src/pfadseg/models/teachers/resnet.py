@@ -95,7 +95,9 @@ class ResNet18Teacher(Teacher):
 
 
 @register_teacher("resnet18")
-def resnet18_teacher(pretrained: bool, weights: Path | None) -> Teacher:
+def resnet18_teacher(pretrained: bool, weights: Path | None, taps: tuple[int, ...]) -> Teacher:
+    if taps:
+        raise PfadsegError(f"the resnet18 teacher's feature levels are fixed (layer1..3); model.teacher_taps {list(taps)} must be empty")
     net = ResNet18()
     if weights is not None:
         load_state_strict(net, read_state_dict(weights), weights)
