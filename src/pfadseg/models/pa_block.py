@@ -27,12 +27,13 @@ class BlockConfig:
 class PABlock(nn.Module):
     """conv3×3(stride) → BN → ReLU → PCAR (or conv3×3) → BN, fused with the identity by AFF (or a sum) → ReLU.
 
-    ``final_relu=False`` leaves the output linear: a student block that must imitate signed teacher features.
+    ``final_relu = False`` (set by :func:`pa_layer`) leaves the output linear: a student block that must
+    imitate signed teacher features.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, config: BlockConfig = BlockConfig(), final_relu: bool = True) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, config: BlockConfig = BlockConfig()) -> None:
         super().__init__()
-        self.final_relu = final_relu
+        self.final_relu = True
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
