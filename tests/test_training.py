@@ -160,8 +160,12 @@ def test_segmentation_warmup_ramps_the_learning_rates_linearly(tmp_path: Path):
     assert seen == [[0.1, 0.05], [0.2, 0.1], [0.3, 0.15], [0.4, 0.2], [0.4, 0.2], [0.4, 0.2]]
 
 
-def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
-    """Logits far below zero everywhere (the measured collapse): training ends with a warning, not silent metrics."""
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys, from_logits: bool):
+    """Logits far below zero everywhere (the measured collapse): training ends with a warning, not silent metrics.
+
+    The advice names the log-space loss only to a run that did not use it.
+    """
     from pfadseg.training.trainer import Trainer
 
     real_fit = Trainer.fit
@@ -176,11 +180,12 @@ def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path
 
     monkeypatch.setattr(Trainer, "fit", fit_then_saturate)
     args = ["train", "--data", str(tiny_mvtec), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
-            "--out", str(tmp_path / "run")]
+            "--out", str(tmp_path / "run"), "--set", f"train.loss_from_logits={str(from_logits).lower()}"]
     assert main(args) == 0
     out = capsys.readouterr()
     assert "warning: the anomaly map is (almost) zero everywhere" in out.out + out.err
-    assert "train.loss_from_logits=true" in out.out + out.err
+    assert ("train.loss_from_logits=true" in out.out + out.err) is not from_logits
+    assert "train.seg_warmup_steps=1" in out.out + out.err  # debug preset: 4 stage-2 steps, no warm-up
 
 
 def test_non_finite_segmentation_output_is_a_one_line_divergence_error(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):

@@ -29,6 +29,7 @@ from pfadseg.checkpoint import (
 from pfadseg.config import (
     DataConfig,
     RunConfig,
+    TrainConfig,
     dump_yaml,
     run_config_from_yaml,
     to_dict,
@@ -143,6 +144,14 @@ def save_model(model: PFADSeg, config: RunConfig, run_dir: Path) -> None:
     save_tensors(run_dir / MODEL_FILE, model.state_dict(), metadata_json(config=to_dict(config), pfadseg_version=__version__))
 
 
+def saturation_remedies(train: TrainConfig) -> str:
+    """What to change after a saturated segmentation network, leaving out what the run already did."""
+    remedies = [] if train.loss_from_logits else ["--set train.loss_from_logits=true"]
+    if train.seg_warmup_steps == 0:
+        remedies.append(f"--set train.seg_warmup_steps={max(1, train.segmentation_steps // 10)}")
+    return ", ".join(remedies + ["lower segmentation learning rates (--set train.lr_seg_blocks=..., train.lr_seg_head=...)"])
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -231,8 +240,7 @@ def train(
         # loss's clamp leaves the network no gradient to recover with.
         if np.ptp(evaluation.maps) < 1e-6:
             log("warning: the anomaly map is (almost) zero everywhere, or otherwise constant: the segmentation network's output saturated during "
-                "training and these metrics mean nothing; retrain with --set train.loss_from_logits=true, "
-                "--set train.seg_warmup_steps=30 or lower segmentation learning rates (docs/benchmarks.md)")
+                f"training and these metrics mean nothing; retrain with {saturation_remedies(config.train)} (docs/benchmarks.md)")
     seconds = time.perf_counter() - started
     write_json_atomic(run_dir / RUN_INFO_FILE, {"seconds": seconds, "resumed": resume, **summary,
                                                 "device": str(device), "precision": precision.name,
