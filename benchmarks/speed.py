@@ -139,8 +139,7 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
         trainer.segmentation_step()
         first_stage2 = time.perf_counter() - started
         stage2 = timed(trainer.segmentation_step, device, warmup, repeats)
-    formats = ["channels_last" if trainer.stage_precision[k].channels_last else "contiguous" for k in (1, 2)]
-    return {"memory_format": " / ".join(formats), "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
+    return {"memory_format": trainer.describe_formats(), "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
 
 
 def rss_probe(run_dir: str) -> None:
@@ -242,7 +241,7 @@ def markdown(result: dict, presets: list[str]) -> str:
                          f"[{32 / spread['max']:.2f}–{32 / spread['min']:.2f}] | {b32['images_per_second'] / base:.2f} | "
                          f"{flops / 1e12:.3f} | {100 * flops / peak['bf16']:.0f} | {100 * flops / peak['fp32']:.0f} |" + usage)
     lines += ["", "## Training steps (batch 16)", "",
-              "| preset | precision | memory format (stage 1 / 2) | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |"
+              "| preset | precision | memory formats | stage 1 s/step | stage 2 s/step | × fp32 (1) | × fp32 (2) |"
               + (" GPU busy % (1 / 2) |" if gpu else ""),
               "|---|---|---|---:|---:|---:|---:|" + gpu_rule]
     for preset in presets:

@@ -212,8 +212,7 @@ def train(
     if resume:
         trainer.load_checkpoint()
         log(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
-    formats = ", ".join(f"stage {k} {'channels_last' if p.channels_last else 'contiguous'}" for k, p in trainer.stage_precision.items())
-    log(f"training on {device} ({precision.name}; {formats}): "
+    log(f"training on {device} ({precision.name}; {trainer.describe_formats()}): "
         f"{config.train.student_steps} student + {config.train.segmentation_steps} segmentation steps, "
         f"batch {config.train.batch_size}, {size}×{size}")
     if distributed.enabled:

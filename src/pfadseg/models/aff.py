@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pfadseg.models.layers import GlobalAvgPool
+
 
 def _channel_mlp(channels: int, reduction: int) -> list[nn.Module]:
     """1×1 conv (C→C/r) → BN → ReLU → 1×1 conv (C/r→C) → BN, as in the official open-aff code."""
@@ -30,7 +32,7 @@ class AFF(nn.Module):
         super().__init__()
         self.factor = factor
         self.local_att = nn.Sequential(*_channel_mlp(channels, reduction))
-        self.global_att = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_channel_mlp(channels, reduction))
+        self.global_att = nn.Sequential(GlobalAvgPool(), *_channel_mlp(channels, reduction))
 
     def weight(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         s = y + z

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfadseg.models.layers import conv_bn_relu
+from pfadseg.models.layers import GlobalAvgPool, conv_bn_relu
 
 
 class ASPPPooling(nn.Module):
@@ -16,7 +16,7 @@ class ASPPPooling(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.conv = conv_bn_relu(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

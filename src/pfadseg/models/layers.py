@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,3 +29,54 @@ def kaiming_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class _GridMean(torch.autograd.Function):
+    """Mean over each cell of a g×g grid that tiles the input exactly.
+
+    The same values as ``adaptive_avg_pool2d``; the backward writes the gradient in one dense pass in
+    the input's memory format. PyTorch's own backward hands back a broadcast (or, in channels_last,
+    a reformatted) gradient that autograd then adds to the input's other gradients in a slow strided
+    pass: together 11 % of a channels_last bf16 student step on a CPU (docs/performance.md).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, grid: int) -> torch.Tensor:
+        ctx.grid, ctx.shape, ctx.dtype, ctx.memory_format = grid, x.shape, x.dtype, memory_format_of(x)
+        return F.adaptive_avg_pool2d(x, grid)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        n, c, h, w = ctx.shape
+        g = ctx.grid
+        ch, cw = h // g, w // g
+        out = torch.empty(ctx.shape, dtype=ctx.dtype, device=grad.device, memory_format=ctx.memory_format)
+        cells = out.unflatten(2, (g, ch)).unflatten(4, (g, cw))  # a view: (N, C, g, ch, g, cw)
+        cells.copy_((grad / (ch * cw)).view(n, c, g, 1, g, 1).expand_as(cells))
+        return out, None
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor laid out that way (and not also contiguous), else contiguous."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def average_pools(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``adaptive_avg_pool2d(x, s)`` for each size ``s`` (each dividing the largest), in one pass over x.
+
+    Where the largest grid tiles x exactly, the coarser pools are taken from the finest one and its
+    gradient is written densely (:class:`_GridMean`); otherwise (odd sizes) each pool is PyTorch's.
+    """
+    finest = max(sizes)
+    if x.shape[-2] % finest or x.shape[-1] % finest:
+        return [F.adaptive_avg_pool2d(x, s) for s in sizes]
+    fine = _GridMean.apply(x, finest) if x.requires_grad and torch.is_grad_enabled() else F.adaptive_avg_pool2d(x, finest)
+    return [fine if s == finest else F.adaptive_avg_pool2d(fine, s) for s in sizes]
+
+
+class GlobalAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(1)`` with the dense backward of :func:`average_pools`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return average_pools(x, (1,))[0]

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pfadseg.models.layers import average_pools
+
 
 class SPR(nn.Module):
     """Structural-prior channel attention: pooled 1×1 and 2×2 statistics → MLP → sigmoid weights.
@@ -17,15 +19,13 @@ class SPR(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.pool1 = nn.AdaptiveAvgPool2d(1)
-        self.pool2 = nn.AdaptiveAvgPool2d(2)
         self.fc1 = nn.Conv2d(5 * channels, hidden, 1)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        pooled = torch.cat([self.pool1(x).reshape(n, -1, 1, 1), self.pool2(x).reshape(n, -1, 1, 1)], dim=1)
+        pooled = torch.cat([p.reshape(n, -1, 1, 1) for p in average_pools(x, (1, 2))], dim=1)
         return torch.sigmoid(self.fc2(self.relu(self.fc1(pooled))))
 
 

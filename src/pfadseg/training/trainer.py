@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from pfadseg.checkpoint import (
@@ -33,7 +34,7 @@ from pfadseg.models import PFADSeg
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed
 from pfadseg.training.losses import cosine_loss, segmentation_loss
-from pfadseg.training.runtime import Precision, compile_errors, training_precision
+from pfadseg.training.runtime import Precision, compile_errors, contiguous_islands, keep_contiguous
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "train_log.jsonl"
@@ -98,10 +99,12 @@ class Trainer:
         self.model = model
         self.config = config
         self.batches = batches
-        # Per stage, the run's precision in a memory format the backend trains that stage's network
-        # correctly in (see training_precision): the student and the segmentation net may differ.
-        self.stage_precision = {1: training_precision(precision, model.student, device),
-                                2: training_precision(precision, model.segmentation, device)}
+        self.precision = precision
+        # Each stage's network trains in the run's memory format, except the parts the CPU backend
+        # would train wrongly or slowly in channels_last (see contiguous_islands), which stay contiguous.
+        self.islands = {1: contiguous_islands(model.student, precision, device),
+                        2: contiguous_islands(model.segmentation, precision, device)}
+        self._island_hooks: list[RemovableHandle] = []
         self.run_dir = run_dir
         self.device = device
         self.distributed = distributed or Distributed()
@@ -114,7 +117,7 @@ class Trainer:
             # Fuses the segmentation net's element-wise work (PA blocks, RCM) into its convolutions:
             # the stage-2 step, which dominates training, runs 1.24x faster at 256², batch 16 on a CPU (docs/performance.md).
             # The student stays eager: compiling it takes minutes for a few percent, and inductor's
-            # channels_last layouts meet the oneDNN bf16 gradient bug that training_precision avoids.
+            # channels_last layouts meet the oneDNN bf16 gradient bug that contiguous_islands avoids.
             self.segmentation_net = torch.compile(self.segmentation_net)
         self._compile_hint = f"train without it: --set train.compile=false, or compile: false in {run_dir / CONFIG_FILE} and --resume"
         self.optimizers = Optimizers.create(model, config)
@@ -130,18 +133,36 @@ class Trainer:
     # ------------------------------------------------------------------ one step of each stage
 
     def _enter_stage(self, stage: int) -> None:
-        """Put the model and the batches in the stage's memory format (once per stage change)."""
+        """Put the model and the batches in the stage's memory formats (once per stage change)."""
         if self._format_stage != stage:
-            memory_format = self.stage_precision[stage].memory_format()
+            self.release_formats()
+            memory_format = self.precision.memory_format()
             self.model.to(memory_format=memory_format)
+            self._island_hooks = keep_contiguous(self.islands[stage].values())
             self.batches.memory_format = memory_format
             self._format_stage = stage
+
+    def release_formats(self) -> None:
+        """Remove the stage's contiguous-island hooks (the model then runs in one memory format)."""
+        for handle in self._island_hooks:
+            handle.remove()
+        self._island_hooks = []
+        self._format_stage = 0
+
+    def describe_formats(self) -> str:
+        """E.g. ``stage 1 channels_last (contiguous: decoder.layer1), stage 2 channels_last``."""
+        base = "channels_last" if self.precision.channels_last else "contiguous"
+        parts = []
+        for stage, islands in self.islands.items():
+            names = ", ".join(name or "all" for name in islands)
+            parts.append(f"stage {stage} {base}" + (f" (contiguous: {names})" if names else ""))
+        return ", ".join(parts)
 
     def student_step(self) -> float:
         self._enter_stage(1)
         clean, synthetic, _ = self.batches.next()
         self.model.student.train()
-        with self.stage_precision[1].autocast(self.device):
+        with self.precision.autocast(self.device):
             loss = cosine_loss(self.model.distillation_maps(clean, synthetic, self.student_net))
         self.optimizers.student.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,7 +175,7 @@ class Trainer:
         self.model.student.eval()
         self.model.segmentation.train()
         t = self.config.train
-        with self.stage_precision[2].autocast(self.device), compile_errors(self._compile_hint):
+        with self.precision.autocast(self.device), compile_errors(self._compile_hint):
             loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, t.focal_gamma, t.loss_from_logits)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,5 +247,6 @@ class Trainer:
                 if main and (self.step % t.checkpoint_every == 0 or self.step == t.student_steps):
                     self.save_checkpoint()
         self.distributed.sync_buffers(self.model)  # replicas end identical: rank 0's BatchNorm statistics everywhere
+        self.release_formats()
         bar.close()
         return summary
