@@ -25,7 +25,7 @@ from pfadseg.models.segmentation import SegmentationNet
 from pfadseg.runs import load_run, load_splits, load_texture_source
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.losses import segmentation_loss
-from pfadseg.training.runtime import training_precision
+from pfadseg.training.runtime import contiguous_islands, keep_contiguous
 
 
 def main() -> None:
@@ -46,8 +46,9 @@ def main() -> None:
         config = merge(config, parse_override(text))
     torch.manual_seed(args.seed)
     model.segmentation = SegmentationNet(sum(model.teacher.channels), config.model.block, config.model.head).to(device)
-    precision = training_precision(run.precision, model, device)
+    precision = run.precision
     model.to(memory_format=precision.memory_format())
+    keep_contiguous(contiguous_islands(model.segmentation, precision, device).values())  # as the Trainer does
     size = config.train.image_size
     splits, cache = load_splits(config.data), ImageCache()
     batches = BatchMaker(

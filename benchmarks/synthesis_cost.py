@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,7 +23,7 @@ from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
 from pfadseg.data.textures import procedural_textures
 from pfadseg.models import build_model
 from pfadseg.training.batches import BatchMaker
-from pfadseg.training.runtime import resolve_precision, training_precision
+from pfadseg.training.runtime import resolve_precision
 from pfadseg.training.trainer import Trainer
 
 
@@ -52,14 +54,13 @@ def main() -> None:
 
     config = merge(preset_config("pfadseg", "paper"), {"model": {"teacher": args.teacher}})
     model = build_model(config.model)
-    precision = training_precision(resolve_precision("auto", True, device), model, device)
+    precision = resolve_precision("auto", True, device)
     batches = BatchMaker(images, synthesizer, augmentation_for_category(None), args.batch, 0, precision.memory_format())
-    trainer = Trainer(model, config, batches, precision, run_dir=None, device=device)  # type: ignore[arg-type]
-    model.to(memory_format=precision.memory_format())
-    student = median_seconds(trainer.student_step, args.repeats)
-    segmentation = median_seconds(trainer.segmentation_step, args.repeats)
-    print(f"batch {args.batch} at {args.size}², teacher {args.teacher}, precision {precision.name}"
-          f"{' + channels_last' if precision.channels_last else ''}")
+    with tempfile.TemporaryDirectory() as run_dir:  # the steps write nothing; the Trainer wants a place
+        trainer = Trainer(model, config, batches, precision, Path(run_dir), device)
+        student = median_seconds(trainer.student_step, args.repeats)
+        segmentation = median_seconds(trainer.segmentation_step, args.repeats)
+    print(f"batch {args.batch} at {args.size}², teacher {args.teacher}, precision {precision.name}; {trainer.describe_formats()}")
     print(f"synthesis per batch:        {1000 * synth:8.1f} ms")
     print(f"stage-1 training step:      {1000 * student:8.1f} ms  (synthesis = {100 * synth / student:.1f} %)")
     print(f"stage-2 training step:      {1000 * segmentation:8.1f} ms  (synthesis = {100 * synth / segmentation:.1f} %)")
