@@ -200,7 +200,7 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
             entry["inference"][name] = row
         for name, precision, compile_segmentation in (("fp32 eager", fp32, False), ("bf16", bf16, False),
                                                       ("bf16 contiguous", bf16_contiguous, False), ("bf16 + compile (stage 2)", bf16, True)):
-            entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 3, compile_segmentation)
+            entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 5, compile_segmentation)
             log(f"{preset} training {name}: {entry['training'][name]}")
         if device.type == "cpu":
             entry["peak_rss_mb_batch1"] = peak_rss(model.to(memory_format=torch.contiguous_format), config)
