@@ -76,8 +76,8 @@ class Optimizers:
         for prefix, module, opt in self._pairs(model):
             for name, param in module.named_parameters():
                 key = f"optim.{prefix}.{name}"
-                if key in tensors:
-                    opt.state[param] = {"momentum_buffer": tensors[key].to(param.device, param.dtype)}
+                if key in tensors:  # in the parameter's memory format, so that SGD's updates stay dense passes
+                    opt.state[param] = {"momentum_buffer": torch.empty_like(param).copy_(tensors[key])}
 
     def _pairs(self, model: PFADSeg) -> list[tuple[str, nn.Module, torch.optim.SGD]]:
         return [("student", model.student, self.student), ("segmentation", model.segmentation, self.segmentation)]
