@@ -15,6 +15,7 @@ of several timed repeats after warm-up, with min and max. Writes DIR/speed.json 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -118,12 +119,10 @@ def inference(model: torch.nn.Module, precision: Precision, device: torch.device
     return {"images_per_second": batch / t["median"], "seconds": t, "first_call_seconds": compile_seconds}
 
 
-def training_steps(preset: str, precision: Precision, device: torch.device, size: int, batch: int,
-                   warmup: int, repeats: int, compile_segmentation: bool = False) -> dict[str, dict]:
-    """Seconds per stage-1 and stage-2 step (synthesis, forward, backward, SGD) of the real Trainer.
-
-    ``compile_segmentation``: as ``train.compile``; the first stage-2 step (the compilation) is timed apart.
-    """
+@contextlib.contextmanager
+def step_trainer(preset: str, precision: Precision, device: torch.device, size: int, batch: int,
+                 compile_segmentation: bool = False) -> Iterator[Trainer]:
+    """The real Trainer of ``preset`` (Lite0 teacher) on random images, with a throw-away run directory."""
     config = merge(preset_config(preset, "paper"), {"model": {"teacher": TEACHER},
                                                      "train": {"image_size": size, "batch_size": batch, "compile": compile_segmentation}})
     torch.manual_seed(0)
@@ -133,7 +132,16 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
     batches = BatchMaker(images, AnomalySynthesizer(textures, config.synthesis), augmentation_for_category("none"), batch, 0,
                          precision.memory_format())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, config, batches, precision, Path(tmp), device)
+        yield Trainer(model, config, batches, precision, Path(tmp), device)
+
+
+def training_steps(preset: str, precision: Precision, device: torch.device, size: int, batch: int,
+                   warmup: int, repeats: int, compile_segmentation: bool = False) -> dict[str, dict]:
+    """Seconds per stage-1 and stage-2 step (synthesis, forward, backward, SGD) of the real Trainer.
+
+    ``compile_segmentation``: as ``train.compile``; the first stage-2 step (the compilation) is timed apart.
+    """
+    with step_trainer(preset, precision, device, size, batch, compile_segmentation) as trainer:
         stage1 = timed(trainer.student_step, device, warmup, repeats)
         started = time.perf_counter()
         trainer.segmentation_step()
