@@ -74,3 +74,30 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "efficientnet_lite0", "--out", str(run), "--quiet"]
     assert main(args) == 0
     return run
+
+
+@pytest.fixture()
+def tiny_trainer(tmp_path: Path):
+    """A factory: the real Trainer of a RunConfig on eight random 32² images, run directory ``tmp_path``.
+
+    Seeded, so two calls with one config build the same model (as a resumed run would).
+    """
+    import torch
+
+    from pfadseg.data.augment import augmentation_for_category
+    from pfadseg.data.synthesis import AnomalySynthesizer
+    from pfadseg.models import build_model
+    from pfadseg.training.batches import BatchMaker
+    from pfadseg.training.runtime import Precision
+    from pfadseg.training.trainer import Trainer
+
+    def make(config, precision: Precision = Precision(None, False)) -> Trainer:
+        torch.manual_seed(0)
+        model = build_model(config.model, pretrained=False)
+        images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+        textures = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        batches = BatchMaker(images, AnomalySynthesizer(textures, config.synthesis), augmentation_for_category("none"),
+                             config.train.batch_size, 0, precision.memory_format())
+        return Trainer(model, config, batches, precision, tmp_path, torch.device("cpu"))
+
+    return make

@@ -6,16 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pfadseg.config import DataConfig, merge, preset_config
-from pfadseg.data.augment import augmentation_for_category
-from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.config import merge, preset_config
 from pfadseg.models import ModelConfig, build_model
 from pfadseg.models.layers import average_pools
 from pfadseg.models.pcar import PCAR
-from pfadseg.runs import load_texture_source
-from pfadseg.training.batches import BatchMaker
 from pfadseg.training.runtime import Precision, contiguous_islands, keep_contiguous
-from pfadseg.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 BF16_CL = Precision(torch.bfloat16, True)
@@ -80,21 +75,12 @@ def test_average_pools_match_pytorch_in_values_gradients_and_layout(memory_forma
     assert grad.is_contiguous(memory_format=memory_format)
 
 
-def test_resumed_momentum_keeps_each_parameters_memory_format(tmp_path):
-    config = merge(preset_config("pfadseg", "debug"), {"model": {"teacher": "efficientnet_lite0"}, "train": {"image_size": 32, "batch_size": 2}})
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-
-    def trainer() -> Trainer:
-        torch.manual_seed(0)
-        model = build_model(config.model, pretrained=False)
-        batches = BatchMaker(images, AnomalySynthesizer(load_texture_source(DataConfig(), 32, 0), config.synthesis),
-                             augmentation_for_category("none"), 2, 0, BF16_CL.memory_format())
-        return Trainer(model, config, batches, BF16_CL, tmp_path, CPU)
-
-    first = trainer()
+def test_resumed_momentum_keeps_each_parameters_memory_format(tiny_trainer):
+    config = merge(preset_config("pfadseg", "debug"), {"model": {"teacher": "efficientnet_lite0"}, "train": {"batch_size": 2}})
+    first = tiny_trainer(config, BF16_CL)
     first.student_step()
     first.save_checkpoint()
-    resumed = trainer()
+    resumed = tiny_trainer(config, BF16_CL)
     resumed.load_checkpoint()
     params = list(resumed.model.student.parameters())
     assert any(p.dim() == 4 and not p.is_contiguous() for p in params)  # channels_last outside the islands

@@ -136,21 +136,10 @@ def test_corrupt_test_image_fails_before_training(tiny_mvtec: Path, tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
-def test_segmentation_warmup_ramps_the_learning_rates_linearly(tmp_path: Path):
-    from pfadseg.data.augment import augmentation_for_category
-    from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
-    from pfadseg.models import build_model
-    from pfadseg.training.batches import BatchMaker
-    from pfadseg.training.runtime import Precision
-    from pfadseg.training.trainer import Trainer
-
+def test_segmentation_warmup_ramps_the_learning_rates_linearly(tiny_trainer):
     config = merge(preset_config("pfadseg", "debug"), {"model": {"teacher": "efficientnet_lite0"},
                                                          "train": {"seg_warmup_steps": 4, "lr_seg_blocks": 0.4, "lr_seg_head": 0.2}})
-    model = build_model(config.model, pretrained=False)
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    batches = BatchMaker(images, AnomalySynthesizer(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), SynthesisConfig()),
-                         augmentation_for_category("none"), 2, 0)
-    trainer = Trainer(model, config, batches, Precision(None, False), tmp_path, torch.device("cpu"))
+    trainer = tiny_trainer(config)
     trainer.step = config.train.student_steps  # the first stage-2 step
     seen = []
     for _ in range(6):
