@@ -19,12 +19,15 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequ
     )
 
 
-def kaiming_init(module: nn.Module) -> None:
-    """ResNet initialisation: Kaiming-normal (fan_out) convs, BN weight 1 and bias 0."""
+def kaiming_init(module: nn.Module, zero_conv_biases: bool = True) -> None:
+    """ResNet initialisation: Kaiming-normal (fan_out) conv weights, BN weight 1 and bias 0.
+
+    ``zero_conv_biases=False`` leaves conv biases at PyTorch's default, as the official DeSTSeg loop does.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
+            if m.bias is not None and zero_conv_biases:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)

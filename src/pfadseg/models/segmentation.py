@@ -34,6 +34,9 @@ class SegmentationNet(nn.Module):
     def __init__(self, in_channels: int, block: BlockConfig, head: HeadConfig, width: int = 256) -> None:
         super().__init__()
         self.res = pa_layer(in_channels, width, 2, 1, block)
+        # As the official SegmentationNet: its loop runs over the body before the head exists, so the
+        # head keeps PyTorch's default initialisation (small final-conv weights, unsaturated logits).
+        kaiming_init(self.res, zero_conv_biases=False)
         if head.kind == "rcm":
             attention: nn.Module = RCM(width, head.rcm_layer_scale, head.rcm_band_kernel)
         elif head.kind == "aspp":
@@ -41,7 +44,6 @@ class SegmentationNet(nn.Module):
         else:
             raise ValueError(f"unknown head {head.kind!r}: expected 'rcm' or 'aspp'")
         self.head = nn.Sequential(attention, conv_bn_relu(width, width, 3), nn.Conv2d(width, 1, 1))
-        kaiming_init(self)  # DeSTSeg initialises the whole network so; RCM's layer scale is kept.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.res(x))
