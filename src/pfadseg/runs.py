@@ -235,8 +235,7 @@ def train(
         log(format_calibration(thresholds))
     if evaluation is not None:
         write_metrics(run_dir, evaluation)
-        # A saturated sigmoid gives (almost) one value everywhere, usually below 1e-6, where the official
-        # loss's clamp leaves the network no gradient to recover with.
+        # A saturated sigmoid gives (almost) one value everywhere, where the official loss has no gradient left.
         if np.ptp(evaluation.maps) < 1e-6:
             log("warning: the anomaly map is (almost) zero everywhere, or otherwise constant: the segmentation network's output saturated during "
                 f"training and these metrics mean nothing; retrain with {saturation_remedies(config.train)} (docs/benchmarks.md)")

@@ -17,13 +17,15 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
-    """Binary focal loss on probabilities (no α), mean over pixels, as in the official code.
+    """Binary focal loss on probabilities (no α), mean over pixels: the official DeSTSeg loss.
 
-    The cross-entropy is written out: ``F.binary_cross_entropy`` raises on NaN, whereas a NaN loss
-    reaches the trainer, which stops with a clear "training diverged" error.
+    The cross-entropy is ``F.binary_cross_entropy``'s, in value and gradient (log clamped at −100, no
+    clamp on p). NaN probabilities (a diverged network) give a NaN loss for the trainer to report,
+    where ``F.binary_cross_entropy`` itself would raise.
     """
-    p = p.float().clamp(1e-6, 1 - 1e-6)
-    ce = -(target * p.log() + (1 - target) * (1 - p).log())
+    p, target = p.float(), target.float()
+    # BCE raises on NaN; NaN pixels still reach the loss through the focal factor.
+    ce = F.binary_cross_entropy(torch.where(torch.isnan(p), 0.5, p), target, reduction="none")
     p_t = p * target + (1 - p) * (1 - target)
     return (ce * (1 - p_t) ** gamma).mean()
 
@@ -31,10 +33,9 @@ def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> tor
 def focal_loss_from_logits(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
     """The same focal loss computed in log space from the logits (``train.loss_from_logits``).
 
-    Equal to :func:`focal_loss` of ``sigmoid(logits)`` wherever its clamp is inactive. Where the
-    sigmoid saturates, the clamp's gradient is zero: a network whose logits all fall below −14 early
-    in stage 2 (measured: −60…−600 at lr 0.4) never comes back. In log space the wrongly saturated
-    pixels keep a gradient of about 1 (docs/benchmarks.md: it rescued such a run).
+    Equal to :func:`focal_loss` of ``sigmoid(logits)`` where the sigmoid does not saturate. Beyond
+    about −27 (defect pixels) or +17 (normal pixels) the official loss has no gradient left; in log
+    space a wrongly saturated pixel keeps a gradient of about 1.
     """
     z = logits.float()
     log_p, log_not_p = F.logsigmoid(z), F.logsigmoid(-z)
@@ -48,7 +49,8 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 4
 
     ``from_logits``: the focal term in log space (keeps a gradient where the sigmoid saturates).
     """
-    target = downsample_mask(mask, logits.shape[-2:])
-    p = torch.sigmoid(logits.float())
-    focal = focal_loss_from_logits(logits, target, gamma) if from_logits else focal_loss(p, target, gamma)
-    return focal + (p - target).abs().mean()
+    with torch.autocast(logits.device.type, enabled=False):  # float32; CUDA autocast refuses binary_cross_entropy
+        target = downsample_mask(mask, logits.shape[-2:])
+        p = torch.sigmoid(logits.float())
+        focal = focal_loss_from_logits(logits, target, gamma) if from_logits else focal_loss(p, target, gamma)
+        return focal + (p - target).abs().mean()
