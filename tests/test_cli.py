@@ -116,13 +116,22 @@ def test_tampered_or_mismatched_weights_are_clear_errors(trained_run: Path, tmp_
 
 
 def test_demo_end_to_end_with_debug_budget(tmp_path: Path, capsys):
+    """``--seed`` seeds training only (the data are the seed-0 data); ``--set`` reaches every run's configuration."""
+    import numpy as np
+
+    from pfadseg.data.demo import demo_items, render_demo_item
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--preset", "debug", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--preset", "debug", "--seed", "3", "--set", "train.student_steps=2", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     categories = sorted(p.name for p in (out / "runs").iterdir())
     assert len(categories) >= 2 and set(results) == {*categories, "mean"}
     for category in categories:
         assert (out / "runs" / category / "model.safetensors").exists()
+        config = __import__("yaml").safe_load((out / "runs" / category / "config.yaml").read_text())
+        assert config["seed"] == 3 and config["train"]["student_steps"] == 2
+        item = demo_items(category)[0]
+        assert np.array_equal(np.asarray(Image.open(out / "data" / item.image_rel)), render_demo_item(item, seed=0)[0])
         picture = Image.open(out / "pictures" / f"{category}.png")
         assert picture.width == 3 * 256  # image | ground truth | heat map, at the evaluation size
     assert "pictures" in capsys.readouterr().out

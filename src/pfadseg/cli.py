@@ -193,9 +193,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pfadseg.config import parse_override
     from pfadseg.demo import run_demo
 
-    run_demo(Path(args.out), device=args.device, preset=args.preset, progress=not args.quiet)
+    overrides = [parse_override(text) for text in args.set or []]
+    run_demo(Path(args.out), device=args.device, seed=args.seed, preset=args.preset, progress=not args.quiet, overrides=overrides)
     return 0
 
 
@@ -323,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures (no downloads)")
     p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")
     p.add_argument("--preset", default="demo", help="training budget (default demo: about 9 minutes on a 2-core CPU)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0); the demo data are the same for every seed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any configuration value, e.g. train.seg_warmup_steps=0 (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

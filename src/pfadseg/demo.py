@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +25,7 @@ from pfadseg.runs import train
 from pfadseg.visualize import comparison_row
 
 DEMO_TEACHER = "efficientnet_lite0"
+DEMO_DATA_SEED = 0  # the demo data never change with the training seed
 
 
 def gallery(evaluation: Evaluation, image_size: int, count: int = 6) -> Image.Image:
@@ -37,13 +40,22 @@ def gallery(evaluation: Evaluation, image_size: int, count: int = 6) -> Image.Im
 
 
 def run_demo(
-    out: Path, device: str = "auto", seed: int = 0, preset: str = "demo", progress: bool = True
+    out: Path,
+    device: str = "auto",
+    seed: int = 0,
+    preset: str = "demo",
+    progress: bool = True,
+    overrides: Sequence[dict[str, Any]] = (),
 ) -> dict[str, dict[str, float]]:
     """Generate the demo data under ``out/data``, train one run per category under ``out/runs`` (replacing
-    earlier demo runs), write ``out/pictures/<category>.png`` and ``out/results.json``; print the table."""
+    earlier demo runs), write ``out/pictures/<category>.png`` and ``out/results.json``; print the table.
+
+    ``seed`` seeds training only: the demo data are the same for every seed, so runs compare.
+    ``overrides``: nested configuration dicts applied after the preset (``--set``).
+    """
     started = time.perf_counter()
     data_root = out / "data"
-    categories = write_demo_dataset(data_root, seed=seed)
+    categories = write_demo_dataset(data_root, seed=DEMO_DATA_SEED)
     print(f"demo data: {', '.join(categories)} in {data_root}")
     results: dict[str, dict[str, float]] = {}
     for category in categories:
@@ -53,6 +65,8 @@ def run_demo(
             "seed": seed,
             "device": device,
         })
+        for update in overrides:
+            config = merge(config, update)
         run_dir = out / "runs" / category
         if run_dir.exists():
             shutil.rmtree(run_dir)
