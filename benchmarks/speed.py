@@ -33,10 +33,12 @@ from pfadseg.checkpoint import CONFIG_FILE
 from pfadseg.config import DataConfig, RunConfig, dump_yaml, merge, preset_config
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.data.textures import load_texture_source
+from pfadseg.environment import environment
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.models import build_model
 from pfadseg.models.summary import summarize
-from pfadseg.runs import environment, load_texture_source, save_model
+from pfadseg.rundir import save_model
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.runtime import Precision, resolve_device
 from pfadseg.training.trainer import Trainer
@@ -147,7 +149,7 @@ def training_steps(preset: str, precision: Precision, device: torch.device, size
         trainer.segmentation_step()
         first_stage2 = time.perf_counter() - started
         stage2 = timed(trainer.segmentation_step, device, warmup, repeats)
-    return {"memory_format": trainer.describe_formats(), "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
+    return {"memory_format": trainer.formats.describe(), "stage1": stage1, "stage2": stage2, "first_stage2_step_seconds": first_stage2}
 
 
 def rss_probe(run_dir: str) -> None:

@@ -32,7 +32,7 @@ def main() -> int:
         with step_trainer(args.preset, precision, device, args.image_size, args.batch) as trainer:
             t = timed(trainer.student_step, device, warmup=1, repeats=args.repeats)
         medians[name] = t["median"]
-        print(f"{name:10s} {t['median']:.3f} s [{t['min']:.3f}-{t['max']:.3f}]  ({trainer.describe_formats()})", flush=True)
+        print(f"{name:10s} {t['median']:.3f} s [{t['min']:.3f}-{t['max']:.3f}]  ({trainer.formats.describe()})", flush=True)
     print(f"bf16 stage 1 = {medians['fp32 eager'] / medians['bf16']:.2f}x fp32 (medians of {args.repeats})")
     return 0
 

@@ -18,14 +18,16 @@ import torch
 
 from pfadseg.config import merge, parse_override
 from pfadseg.data.augment import augmentation_for_category
-from pfadseg.data.images import ImageCache, load_images
+from pfadseg.data.datasets import load_images, load_splits
+from pfadseg.data.images import ImageCache
 from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.data.textures import load_texture_source
 from pfadseg.evaluate import evaluate
 from pfadseg.models.segmentation import SegmentationNet
-from pfadseg.runs import load_run, load_splits, load_texture_source
+from pfadseg.rundir import load_run
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.losses import segmentation_loss
-from pfadseg.training.runtime import contiguous_islands, keep_contiguous
+from pfadseg.training.memory_formats import contiguous_islands, keep_contiguous
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def main() -> None:
         trainer = Trainer(model, config, batches, precision, Path(run_dir), device)
         student = median_seconds(trainer.student_step, args.repeats)
         segmentation = median_seconds(trainer.segmentation_step, args.repeats)
-    print(f"batch {args.batch} at {args.size}², teacher {args.teacher}, precision {precision.name}; {trainer.describe_formats()}")
+    print(f"batch {args.batch} at {args.size}², teacher {args.teacher}, precision {precision.name}; {trainer.formats.describe()}")
     print(f"synthesis per batch:        {1000 * synth:8.1f} ms")
     print(f"stage-1 training step:      {1000 * student:8.1f} ms  (synthesis = {100 * synth / student:.1f} %)")
     print(f"stage-2 training step:      {1000 * segmentation:8.1f} ms  (synthesis = {100 * synth / segmentation:.1f} %)")

@@ -13,7 +13,7 @@ from pfadseg.benchmark import ABLATION_VARIANTS, dataset_from_yaml, variant_conf
 from pfadseg.cli import main
 from pfadseg.errors import PfadsegError
 from pfadseg.metrics import METRIC_KEYS
-from pfadseg.models.config import MODEL_PRESETS
+from pfadseg.models.architecture import MODEL_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 

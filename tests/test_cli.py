@@ -119,7 +119,7 @@ def test_demo_end_to_end_with_debug_budget(tmp_path: Path, capsys):
     """``--seed`` seeds training only (the data are the seed-0 data); ``--set`` reaches every run's configuration."""
     import numpy as np
 
-    from pfadseg.data.demo import demo_items, render_demo_item
+    from pfadseg.data.demo_generator import demo_items, render_demo_item
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--preset", "debug", "--seed", "3", "--set", "train.student_steps=2", "--quiet"]) == 0

@@ -10,15 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pfadseg.data.datasets import Sample
-from pfadseg.data.images import (
-    ImageCache,
-    check_mask_matches,
-    load_images,
-    load_masks,
-    read_image,
-    read_mask,
-)
+from pfadseg.data.datasets import Sample, load_images, load_masks
+from pfadseg.data.images import ImageCache, check_mask_matches, read_image, read_mask
 from pfadseg.errors import PfadsegError
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pfadseg.data.datasets import load_mvtec
-from pfadseg.data.demo import (
+from pfadseg.data.demo_generator import (
     DEMO_CATEGORIES,
     DemoConfig,
     DemoItem,

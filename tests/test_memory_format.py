@@ -10,7 +10,8 @@ from pfadseg.config import merge, preset_config
 from pfadseg.models import ModelConfig, build_model
 from pfadseg.models.layers import average_pools
 from pfadseg.models.pcar import PCAR
-from pfadseg.training.runtime import Precision, contiguous_islands, keep_contiguous
+from pfadseg.training.memory_formats import contiguous_islands, keep_contiguous
+from pfadseg.training.runtime import Precision
 
 CPU = torch.device("cpu")
 BF16_CL = Precision(torch.bfloat16, True)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pfadseg.config import preset_config
-from pfadseg.models.config import ModelConfig
+from pfadseg.models.architecture import ModelConfig
 from pfadseg.models.pa_block import BlockConfig
-from pfadseg.models.pfadseg import fuse_features
+from pfadseg.models.pfadseg import segmentation_input
 from pfadseg.models.segmentation import HeadConfig, SegmentationNet
 from pfadseg.training.losses import focal_loss, segmentation_loss
 from pfadseg.training.trainer import Optimizers
@@ -175,7 +175,7 @@ def test_segmentation_input_is_minus_the_normalised_product_resized_to_the_quart
         [F.interpolate(-l2_normalize(t) * l2_normalize(s), size=(16, 16), mode="bilinear", align_corners=False) for t, s in zip(teacher, student)],
         dim=1,
     )
-    torch.testing.assert_close(fuse_features(teacher, student), expected)
+    torch.testing.assert_close(segmentation_input(teacher, student), expected)
 
 
 # ---------------------------------------------------------------------------------------- the paper's recipe

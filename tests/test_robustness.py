@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pfadseg.cli import main
-from pfadseg.data.datasets import IMAGE_EXTENSIONS
-from pfadseg.data.images import read_image
+from pfadseg.data.images import IMAGE_EXTENSIONS, read_image
 from pfadseg.errors import PfadsegError
 
 FORMATS = ["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"]

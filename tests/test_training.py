@@ -179,10 +179,10 @@ def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path
 
 def test_non_finite_segmentation_output_is_a_one_line_divergence_error(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
     """A student blown up in stage 1 feeds NaN to stage 2: a clear error naming the step, not a loss-function traceback."""
-    from pfadseg.models.pfadseg import PFADSeg
+    from pfadseg.models.segmentation import SegmentationNet
 
-    real_logits = PFADSeg.segment_logits
-    monkeypatch.setattr(PFADSeg, "segment_logits", lambda self, x, segmentation=None: real_logits(self, x, segmentation) * float("nan"))
+    real_forward = SegmentationNet.forward
+    monkeypatch.setattr(SegmentationNet, "forward", lambda self, x: real_forward(self, x) * float("nan"))
     out = tmp_path / "run"
     assert main(["train", "--data", str(tiny_mvtec), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
                  "--out", str(out), "--quiet"]) != 0

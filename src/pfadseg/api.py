@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from pfadseg.config import RunConfig, merge, preset_config
-from pfadseg.evaluate import Evaluation, save_maps
+from pfadseg.evaluate import Evaluation, evaluate_run, save_maps
 from pfadseg.predict import Predictor, open_backend, predict_to_folder
-from pfadseg.runs import TrainResult, load_run_config
-from pfadseg.runs import test as _test
-from pfadseg.runs import train as _train
+from pfadseg.rundir import load_run_config
+from pfadseg.training.run import TrainResult
+from pfadseg.training.run import train as _train
 
 
 def make_config(
@@ -71,7 +71,7 @@ def test(run_dir: str | Path, *, data: str | Path | None = None, category: str |
     if data is not None:
         own = load_run_config(run_dir).data
         data_config = replace(own, root=str(data), category=category or own.category)
-    evaluation = _test(run_dir, data_config, device=device, progress=progress, compile=compile)
+    evaluation = evaluate_run(run_dir, data_config, device=device, progress=progress, compile=compile)
     if save_maps_to is not None:
         save_maps(evaluation, Path(save_maps_to))
     return evaluation

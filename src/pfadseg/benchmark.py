@@ -16,24 +16,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pfadseg.checkpoint import MODEL_FILE
 from pfadseg.config import TRAIN_PRESETS, DataConfig, RunConfig, TrainConfig, dump_yaml, from_dict, load_yaml, merge, parse_override, to_dict
+from pfadseg.environment import environment
 from pfadseg.errors import PfadsegError
-from pfadseg.evaluate import Evaluation
+from pfadseg.evaluate import Evaluation, evaluate_run
 from pfadseg.fileio import write_json_atomic, write_text_atomic
-from pfadseg.metrics import METRIC_KEYS, pr_curve, roc_curve
-from pfadseg.models.config import MODEL_PRESETS, ModelConfig
-from pfadseg.runs import RUN_INFO_FILE, absolute_paths, environment, load_run_config, test, train
-from pfadseg.training.trainer import CHECKPOINT_FILE
+from pfadseg.metrics import pr_curve, roc_curve
+from pfadseg.models.architecture import MODEL_PRESETS, ModelConfig
+from pfadseg.report import gallery_cases, write_report
+from pfadseg.results import RunRecord, results_table, runs_table, summarize
+from pfadseg.rundir import CHECKPOINT_FILE, RUN_INFO_FILE, absolute_paths, load_run_config
+from pfadseg.training.run import train
 
 COMPONENTS = ("aff", "pcar", "rcm")
 #: Table 4's seven rows, in the paper's order.
 ABLATION_VARIANTS = ("destseg", "rcm", "aff", "pcar", "rcm+pcar", "aff+pcar", "pfadseg")
-METRIC_NAMES = {"image_auroc": "img AUROC", "pixel_auroc": "pix AUROC", "pixel_ap": "pix AP", "aupro": "AUPRO", "iap": "IAP", "iap90": "IAP@90"}
 CURVE_POINTS = 200  # points kept per curve in results.json
 
 
@@ -77,21 +78,6 @@ def dataset_from_yaml(path: str | Path) -> BenchmarkDataset:
     return BenchmarkDataset(name, name, data)
 
 
-@dataclass
-class RunRecord:
-    """One finished run of the benchmark, as stored in results.json."""
-
-    dataset: str
-    variant: str
-    seed: int
-    run_dir: str
-    seconds: float | None
-    metrics: dict[str, float]
-    student_teacher: dict[str, float]
-    curves: dict[str, dict[str, list[float]]]
-    config: dict[str, Any]
-
-
 def _thin(x: np.ndarray, y: np.ndarray, points: int = CURVE_POINTS) -> dict[str, list[float]]:
     """At most ``points`` evenly spaced points of a curve (first and last kept), rounded for JSON."""
     keep = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).round().astype(int))
@@ -125,7 +111,7 @@ def _train_or_reuse(config: RunConfig, run_dir: Path, teacher_weights: str | Non
             raise PfadsegError(f"{run_dir}: holds a run with another configuration; remove it or choose another --out")
         if not (run_dir / CHECKPOINT_FILE).is_file():
             log(f"reusing the finished run {run_dir}")
-            return test(run_dir, device=config.device, progress=progress)
+            return evaluate_run(run_dir, device=config.device, progress=progress)
         result = train(config, run_dir, teacher_weights=teacher_weights, resume=True, progress=progress, log=log)
     else:
         result = train(config, run_dir, teacher_weights=teacher_weights, progress=progress, log=log)
@@ -149,8 +135,6 @@ def run_benchmark(
     log: Callable[[str], None] = print,
 ) -> list[RunRecord]:
     """Train/evaluate every dataset × variant × seed; rewrite results.json/.md and report.html after each run."""
-    from pfadseg.report import gallery_cases, write_report
-
     out = Path(out)
     if not datasets or not variants or not seeds:
         raise PfadsegError("a benchmark needs at least one dataset, one model variant and one seed")
@@ -175,63 +159,6 @@ def run_benchmark(
     log(results_table(records))
     log(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'report.html'}")
     return records
-
-
-# ---------------------------------------------------------------------------------- tables
-
-
-def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """Per dataset and variant: mean and sample standard deviation over seeds of every metric (fractions)."""
-    groups: dict[tuple[str, str], list[RunRecord]] = {}
-    for r in records:
-        groups.setdefault((r.dataset, r.variant), []).append(r)
-    rows = []
-    for (dataset, variant), runs in groups.items():
-        row: dict[str, Any] = {"dataset": dataset, "variant": variant, "seeds": [r.seed for r in runs]}
-        for key in METRIC_KEYS:
-            values = np.array([r.metrics[key] for r in runs])
-            row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-        seconds = [r.seconds for r in runs if r.seconds is not None]
-        row["minutes"] = float(np.mean(seconds)) / 60 if seconds else None
-        rows.append(row)
-    return rows
-
-
-def averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant: the mean over datasets of the per-dataset means (the paper's "average" row)."""
-    out = []
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        mine = [r for r in rows if r["variant"] == variant]
-        out.append({"dataset": "mean", "variant": variant, **{k: {"mean": float(np.mean([r[k]["mean"] for r in mine]))} for k in METRIC_KEYS}})
-    return out
-
-
-def _cell(value: dict[str, float]) -> str:
-    text = f"{100 * value['mean']:.2f}"
-    return text + (f" ± {100 * value['std']:.2f}" if value.get("std") else "")
-
-
-def results_table(records: list[RunRecord]) -> str:
-    """The paper's table in Markdown: one row per dataset and variant, mean ± std over seeds, in percent."""
-    rows = summarize(records)
-    if len({r["dataset"] for r in rows}) > 1:
-        rows += averages(rows)
-    lines = ["| dataset | model | seeds | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " | min/run |",
-             "|---|---|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
-    for r in rows:
-        minutes = f"{r['minutes']:.1f}" if r.get("minutes") is not None else ""
-        seeds = ",".join(map(str, r.get("seeds", [])))
-        lines.append(f"| {r['dataset']} | {r['variant']} | {seeds} | " + " | ".join(_cell(r[k]) for k in METRIC_KEYS) + f" | {minutes} |")
-    return "\n".join(lines)
-
-
-def runs_table(records: list[RunRecord]) -> str:
-    """Every run on its own line: metrics in percent and the wall time of training + evaluation."""
-    lines = ["| run | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " | minutes |", "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
-    for r in records:
-        minutes = f"{r.seconds / 60:.1f}" if r.seconds is not None else "?"
-        lines.append(f"| {Path(r.run_dir).name} | " + " | ".join(f"{100 * r.metrics[k]:.2f}" for k in METRIC_KEYS) + f" | {minutes} |")
-    return "\n".join(lines)
 
 
 def write_results(out: Path, records: list[RunRecord], preset: str, seconds: float) -> None:

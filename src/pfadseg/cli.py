@@ -117,7 +117,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pfadseg.runs import train
+    from pfadseg.training.run import train
 
     if args.resume:
         if not args.out:
@@ -144,8 +144,8 @@ def _default_run_dir(config) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from pfadseg.evaluate import save_maps
-    from pfadseg.runs import load_run_config, test
+    from pfadseg.evaluate import evaluate_run, save_maps
+    from pfadseg.rundir import load_run_config
 
     data = None
     overrides = _data_overrides(args)
@@ -154,7 +154,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         data = replace(base, **overrides)
     from pfadseg.thresholds import decision_rates, format_rates, load_thresholds
 
-    evaluation = test(args.run, data, device=args.device, progress=not args.quiet, compile=args.compile)
+    evaluation = evaluate_run(args.run, data, device=args.device, progress=not args.quiet, compile=args.compile)
     print(format_table(evaluation))
     thresholds = load_thresholds(args.run)
     labels = [s.label for s in evaluation.samples]
@@ -186,7 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pfadseg.runs import format_calibration, recalibrate
+    from pfadseg.calibration import format_calibration, recalibrate
 
     print(format_calibration(recalibrate(args.run, args.target_fpr, device=args.device, progress=not args.quiet)))
     return 0
@@ -226,9 +226,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from pfadseg.runs import write_synthesis_preview
+    from pfadseg.data.preview import write_synthesis_preview
 
-    path = write_synthesis_preview(_config_from_args(args), Path(args.out), rows=args.rows)
+    config = _config_from_args(args)
+    path = write_synthesis_preview(config.data, config.synthesis, config.train.image_size, config.seed, Path(args.out), rows=args.rows)
     print(f"preview: {path}")
     return 0
 
@@ -263,7 +264,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pfadseg import __version__
+    from pfadseg.version import __version__
 
     parser = argparse.ArgumentParser(prog="pfadseg", description="PFADSeg anomaly detection and segmentation.")
     parser.add_argument("--version", action="version", version=f"pfadseg {__version__}")

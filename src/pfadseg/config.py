@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import yaml
 
+from pfadseg.data.datasets import DataConfig
 from pfadseg.data.synthesis import SynthesisConfig
 from pfadseg.errors import PfadsegError
-from pfadseg.models.config import MODEL_PRESETS, ModelConfig
+from pfadseg.models.architecture import MODEL_PRESETS, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -37,34 +38,6 @@ class TrainConfig:
     log_every: int = 10
     eval_size: int = 256  # maps and masks are compared at this size (both papers' protocol)
     eval_batch_size: int = 16
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from; ``format`` is ``mvtec`` or ``folder`` (see pfadseg.data.datasets)."""
-
-    root: str = ""
-    category: str = ""
-    format: Literal["mvtec", "folder"] = "mvtec"
-    # Folder format only (anomalib-style); ignored for mvtec.
-    normal_dir: str = "good"
-    abnormal_dirs: str = ""  # comma-separated folder names or globs
-    images_subdir: str = ""
-    image_ext: str = ""  # comma-separated; empty = every image type
-    mask_dir: str = ""
-    mask_suffix: str = ""
-    mask_ext: str = ".png"
-    split: str = "every:5"
-    normal_test_dir: str = ""
-    binarize_at: int = 128
-    textures: str = ""  # folder of texture images; empty = built-in procedural textures
-    procedural_textures: int = 128
-    augmentation: str = "auto"  # per-category normal-image augmentation: auto (by category name), none, or a category name
-    brightness: float = 0.0  # normal-image brightness jitter: scale by U(1 - b, 1 + b); 0 = off (as published)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.brightness < 1.0:
-            raise ValueError(f"data.brightness must be in [0, 1), got {self.brightness}")
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image
 
 from pfadseg.config import merge, preset_config
-from pfadseg.data.demo import write_demo_dataset
-from pfadseg.data.images import load_images
+from pfadseg.data.datasets import load_images
+from pfadseg.data.demo_generator import write_demo_dataset
 from pfadseg.evaluate import Evaluation, format_metrics_table
 from pfadseg.fileio import atomic_path, write_json_atomic
 from pfadseg.metrics import METRIC_KEYS
-from pfadseg.runs import train
+from pfadseg.training.run import train
 from pfadseg.visualize import comparison_row
 
 DEMO_TEACHER = "efficientnet_lite0"

@@ -11,11 +11,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pfadseg.data.datasets import Sample
-from pfadseg.data.images import ImageCache, load_images, load_masks
-from pfadseg.fileio import atomic_path, write_text_atomic
+from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_splits
+from pfadseg.data.images import ImageCache
+from pfadseg.errors import PfadsegError
+from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
 from pfadseg.models import PFADSeg
+from pfadseg.rundir import METRICS_FILE, load_run
+from pfadseg.thresholds import decision_rates, load_thresholds
 from pfadseg.training.runtime import Precision, compile_fixed_batch, to_device
 
 
@@ -78,10 +81,11 @@ def evaluate(
     compile: bool = False,
 ) -> Evaluation:
     """Score every test sample; ground truth at ``eval_size`` (bilinear resize, threshold 0.5)."""
-    cache = cache or ImageCache()
+    cache = ImageCache() if cache is None else cache
     images = load_images(samples, image_size, cache)
     masks = load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
-    maps, scores, st_maps, st_scores = (t.numpy() for t in infer(model, images, precision, device, eval_size, batch_size, progress, compile))
+    outputs = infer(model, images, precision, device, eval_size, batch_size, progress, compile)
+    maps, scores, st_maps, st_scores = (tensor.numpy() for tensor in outputs)
     labels = np.array([s.label for s in samples])
     return Evaluation(
         samples=samples,
@@ -118,3 +122,36 @@ def save_maps(evaluation: Evaluation, out_dir: Path) -> None:
     for sample, score in zip(evaluation.samples, evaluation.scores):
         writer.writerow([sample.rel_path, f"{float(score):.9g}", sample.label])
     write_text_atomic(out_dir / "scores.csv", buf.getvalue())
+
+
+def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE) -> None:
+    """``metrics.json``: the six metrics (fractions), the student–teacher diagnostic, and what the
+    run's OK/NG thresholds decide on these test images."""
+    labels = np.array([s.label for s in evaluation.samples], dtype=bool)
+    decisions = decision_rates(evaluation.scores, labels, load_thresholds(run_dir)["image"])
+    write_json_atomic(run_dir / name, {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics, "decisions": decisions})
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: DataConfig | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    compile: bool = False,
+) -> Evaluation:
+    """Evaluate a run on its own test split (or on ``data``) and write ``metrics.json``.
+
+    Metrics of another dataset go to ``metrics-<name>.json`` so that the run's own are kept.
+    ``compile``: run the model through ``torch.compile``.
+    """
+    run = load_run(run_dir, device)
+    own_data = data is None or data == run.config.data
+    data = data or run.config.data
+    splits = load_splits(data)
+    if not splits.test:
+        raise PfadsegError(f"{data.root}: the dataset has no test images")
+    recipe = run.config.train
+    evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device,
+                          recipe.eval_batch_size, splits.binarize_at, progress=progress, compile=compile)
+    write_metrics(run.run_dir, evaluation, METRICS_FILE if own_data else f"metrics-{splits.name}.json")
+    return evaluation

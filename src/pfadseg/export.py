@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pfadseg import __version__
 from pfadseg.config import dump_yaml
-from pfadseg.data.images import load_images
+from pfadseg.data.datasets import load_images, load_splits
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path
 from pfadseg.models.deployed import DeployedModel
 from pfadseg.onnx_backend import META_IMAGE_SIZE, META_THRESHOLDS, OnnxBackend
-from pfadseg.runs import load_run, load_splits
+from pfadseg.rundir import load_run
 from pfadseg.thresholds import load_thresholds
+from pfadseg.version import __version__
 
 MAP_TOLERANCE = 1e-4
 SCORE_TOLERANCE = 1e-5

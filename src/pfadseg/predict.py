@@ -19,8 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pfadseg.data.datasets import list_images
-from pfadseg.data.images import read_image, resize_image, resize_map
+from pfadseg.data.images import list_images, read_image, resize_image, resize_map
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.visualize import overlay

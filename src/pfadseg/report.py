@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pfadseg.data.images import load_images
+from pfadseg.data.datasets import load_images
 from pfadseg.evaluate import Evaluation
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.metrics import average_precision
+from pfadseg.results import RunRecord, results_table, runs_table
 from pfadseg.visualize import comparison_row
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -124,8 +125,6 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
 
 def render_report(results: dict[str, Any], galleries: dict[str, dict[str, Any]]) -> str:
     """The whole page as one HTML string."""
-    from pfadseg.benchmark import RunRecord, results_table, runs_table
-
     records = [RunRecord(**r) for r in results["runs"]]
     env = results["environment"]
     body = [f"<h1>pfadseg benchmark: preset {html.escape(results['preset'])}</h1>",

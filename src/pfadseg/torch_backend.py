@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pfadseg.models.deployed import DeployedModel
-from pfadseg.runs import load_run
+from pfadseg.rundir import load_run
 from pfadseg.thresholds import load_thresholds
 from pfadseg.training.runtime import compile_fixed_batch, to_device
 

@@ -1,7 +1,7 @@
 """One replica of a 2-process data-parallel debug run (started by torchrun from test_distributed.py).
 
 Usage: torchrun --nproc_per_node 2 ddp_worker.py DATA_ROOT OUT_DIR. Trains through the real
-runs.train, then saves this replica's weights as OUT_DIR/rank<R>.safetensors for comparison.
+pfadseg.training.run.train, then saves this replica's weights as OUT_DIR/rank<R>.safetensors for comparison.
 """
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pfadseg.checkpoint import save_tensors
 from pfadseg.config import merge, preset_config
-from pfadseg.runs import train
+from pfadseg.training.run import train
 
 data_root, out = sys.argv[1], Path(sys.argv[2])
 # lr_student 0.05, not the paper's 0.5: after 3 steps at 0.5 the student's eval-mode BatchNorm statistics

@@ -16,10 +16,11 @@ bilinear resampling (a multiple of 90 degrees alone is exact on square images).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from pfadseg.data.datasets import DataConfig
 from pfadseg.data.geometry import rotate
 
 ROTATE90_CATEGORIES = frozenset({"bottle", "carpet", "grid", "hazelnut", "leather", "screw", "tile"})
@@ -75,3 +76,9 @@ def augmentation_for_category(name: str | None) -> NormalAugmentation:
     if key in SMALL_ROTATION_CATEGORIES:
         return NormalAugmentation(rotate90=False, max_degrees=5.0)
     return NormalAugmentation()
+
+
+def normal_augmentation(data: DataConfig) -> NormalAugmentation:
+    """The training images' augmentation: the category's rotations (or the named one's) and the brightness jitter."""
+    name = data.category if data.augmentation == "auto" else data.augmentation
+    return replace(augmentation_for_category(name), brightness=data.brightness)

@@ -22,33 +22,13 @@ split into train and test by ``split``:
 
 All defective images go to test.
 
-Proposed command-line flags (``pfadseg train --format folder``), one per :class:`FolderSpec`
-field, all strings exactly as :func:`folder_spec_from_args` takes them::
+Magnetic Tile loads without converting any file (``benchmarks/magnetic_tile.yaml``)::
 
-    --data ROOT                  dataset root (FolderSpec.root)
-    --format folder
-    --normal-dir DIR             folder of normal images, relative to ROOT
-    --abnormal-dirs PATTERNS     comma-separated folder names or globs relative to ROOT
-                                 ('MT_*' matches every MT_ folder except the normal one)
-    --normal-test-dir DIR        optional: separate folder of normal test images
-    --images-subdir SUB          optional: images sit in <class dir>/SUB (e.g. Imgs)
-    --image-ext EXTS             comma-separated image extensions (default: all image types)
-    --mask-dir DIR               optional: mask tree mirroring the image folders under ROOT
-                                 (default: masks beside their images)
-    --mask-suffix SUFFIX         added to the image stem (default: none; MVTec-like: _mask)
-    --mask-ext EXT               mask extension (default .png)
-    --split SPEC                 every:K | random:FRACTION:SEED | list:FILE (default every:5)
-    --binarize-at N              mask threshold on 0..255 values (default 128)
-    --name NAME                  dataset name in reports (default: ROOT's folder name)
-
-Magnetic Tile (``../shared/data/magnetic_tile``) loads without converting any file::
-
-    pfadseg train --format folder --data ../shared/data/magnetic_tile \\
+    pfadseg train --format folder --data magnetic_tile --category magnetic_tile \\
         --normal-dir MT_Free --abnormal-dirs 'MT_*' --images-subdir Imgs \\
         --image-ext .jpg --mask-ext .png --split every:5
 
-which gives 761 train images, 191 good and 392 defective test images (see
-:func:`magnetic_tile_spec`).
+which gives 761 train images, 191 good and 392 defective test images.
 """
 
 from __future__ import annotations
@@ -58,12 +38,22 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pfadseg.data.images import check_mask_matches
+import numpy as np
+import torch
+
+from pfadseg.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageCache,
+    Size,
+    check_mask_matches,
+    image_size_hw,
+    list_images,
+    normalise_extensions,
+    parallel_map,
+)
 from pfadseg.errors import PfadsegError
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-"""File extensions read as images (compared case-insensitively)."""
 
 
 @dataclass(frozen=True)
@@ -124,28 +114,6 @@ def holdout_split(train: list[Sample], fraction: float, seed: int) -> tuple[list
     count = min(len(train) - 1, max(1, round(fraction * len(train))))
     chosen = set(random.Random(seed).sample(range(len(train)), count))
     return [s for i, s in enumerate(train) if i not in chosen], [s for i, s in enumerate(train) if i in chosen]
-
-
-def _normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
-    """Lower-case extensions with a leading dot; ``None`` or empty means all image types."""
-    if not extensions:
-        return IMAGE_EXTENSIONS
-    out = []
-    for ext in extensions:
-        ext = ext.strip().lower()
-        if not ext:
-            continue
-        out.append(ext if ext.startswith(".") else "." + ext)
-    return tuple(out) or IMAGE_EXTENSIONS
-
-
-def list_images(folder: Path, extensions: Iterable[str] | None = None) -> list[Path]:
-    """Image files directly inside ``folder`` (not recursive), sorted by file name."""
-    exts = _normalise_extensions(extensions)
-    files = [
-        p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file() and not p.name.startswith(".")
-    ]
-    return sorted(files, key=lambda p: (p.name, str(p)))
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -245,7 +213,7 @@ class FolderSpec:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.abnormal_dirs = list(self.abnormal_dirs)
-        self.image_ext = _normalise_extensions(self.image_ext)
+        self.image_ext = normalise_extensions(self.image_ext)
         if not self.mask_ext.startswith("."):
             self.mask_ext = "." + self.mask_ext
 
@@ -442,15 +410,108 @@ def folder_spec_from_args(
     )
 
 
-def magnetic_tile_spec(root: str | os.PathLike) -> FolderSpec:
-    """The standard Magnetic Tile spec: MT_Free normal (every:5 split), the other MT_* defective."""
-    return folder_spec_from_args(
-        root,
-        normal_dir="MT_Free",
-        abnormal_dirs="MT_*",
-        images_subdir="Imgs",
-        image_ext=".jpg",
-        mask_ext=".png",
-        split="every:5",
-        name="magnetic_tile",
+# --------------------------------------------------------------------------- from the configuration
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from; ``format`` is ``mvtec`` or ``folder`` (the two layouts above)."""
+
+    root: str = ""
+    category: str = ""
+    format: Literal["mvtec", "folder"] = "mvtec"
+    # Folder format only (anomalib-style); ignored for mvtec.
+    normal_dir: str = "good"
+    abnormal_dirs: str = ""  # comma-separated folder names or globs
+    images_subdir: str = ""
+    image_ext: str = ""  # comma-separated; empty = every image type
+    mask_dir: str = ""
+    mask_suffix: str = ""
+    mask_ext: str = ".png"
+    split: str = "every:5"
+    normal_test_dir: str = ""
+    binarize_at: int = 128
+    textures: str = ""  # folder of texture images; empty = built-in procedural textures
+    procedural_textures: int = 128
+    augmentation: str = "auto"  # per-category normal-image augmentation: auto (by category name), none, or a category name
+    brightness: float = 0.0  # normal-image brightness jitter: scale by U(1 - b, 1 + b); 0 = off (as published)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.brightness < 1.0:
+            raise ValueError(f"data.brightness must be in [0, 1), got {self.brightness}")
+
+
+
+def load_splits(data: DataConfig) -> DatasetSplits:
+    """The train/test samples the data configuration names (MVTec layout or folder layout)."""
+    if not data.root:
+        raise PfadsegError("no dataset given: pass --data ROOT (and --category NAME for the MVTec layout)")
+    if data.format == "mvtec":
+        if not data.category:
+            raise PfadsegError(f"{data.root}: the MVTec layout needs --category NAME")
+        return load_mvtec(data.root, data.category)
+    spec = folder_spec_from_args(
+        data.root,
+        normal_dir=data.normal_dir,
+        abnormal_dirs=data.abnormal_dirs,
+        images_subdir=data.images_subdir,
+        image_ext=data.image_ext,
+        mask_dir=data.mask_dir,
+        mask_suffix=data.mask_suffix,
+        mask_ext=data.mask_ext,
+        split=data.split,
+        normal_test_dir=data.normal_test_dir,
+        binarize_at=data.binarize_at,
+        name=data.category or None,
     )
+    return load_folder(spec)
+
+
+
+# --------------------------------------------------------------------------- samples as tensors
+
+
+def load_images(
+    samples: Iterable[Sample],
+    size: Size,
+    cache: ImageCache | None = None,
+    workers: int | None = None,
+) -> torch.Tensor:
+    """Images of ``samples`` as ``torch.uint8`` ``(N, 3, H, W)`` (decoded once per cache)."""
+    cache = cache if cache is not None else ImageCache(enabled=False)
+    samples = list(samples)
+    h, w = image_size_hw(size)
+    paths = list(dict.fromkeys(s.image_path for s in samples))  # decode each file once
+    decoded = dict(zip(paths, parallel_map(lambda p: cache.image(p, (h, w)), paths, workers)))
+    arrays = [decoded[s.image_path] for s in samples]
+    if not arrays:
+        return torch.zeros((0, 3, h, w), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_masks(
+    samples: Iterable[Sample],
+    size: Size,
+    cache: ImageCache | None = None,
+    binarize_at: int = 128,
+    workers: int | None = None,
+) -> torch.Tensor:
+    """Ground-truth masks of ``samples`` as ``torch.bool`` ``(N, 1, H, W)``.
+
+    Samples without a mask (good images) get an all-zero mask. A defective sample without a
+    mask path is an error: its pixel ground truth is unknown.
+    """
+    cache = cache if cache is not None else ImageCache(enabled=False)
+    samples = list(samples)
+    h, w = image_size_hw(size)
+
+    for sample in samples:
+        if sample.mask_path is None and sample.label:
+            raise PfadsegError(f"{sample.image_path}: defective image has no ground-truth mask")
+    paths = list(dict.fromkeys(s.mask_path for s in samples if s.mask_path is not None))
+    decoded = dict(zip(paths, parallel_map(lambda p: cache.mask(p, (h, w), binarize_at), paths, workers)))
+    empty = np.zeros((h, w), dtype=bool)
+    arrays = [empty if s.mask_path is None else decoded[s.mask_path] for s in samples]
+    if not arrays:
+        return torch.zeros((0, 1, h, w), dtype=torch.bool)
+    return torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()

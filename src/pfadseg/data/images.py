@@ -9,11 +9,9 @@
 * Every problem with a file (missing, empty, truncated, not an image, mask size different from
   its image) raises :class:`~pfadseg.errors.PfadsegError` whose message starts with the path.
 * :class:`ImageCache` keeps decoded and resized arrays for one run, so that every file is
-  decoded once; :func:`load_images` / :func:`load_masks` build batches from samples and decode
-  the missing ones on a small thread pool (Pillow releases the GIL while decoding).
+  decoded once; :func:`parallel_map` decodes on a small thread pool (Pillow releases the GIL).
 
-Only the two batch builders need torch, and they import it themselves: the readers serve the
-torch-free ONNX prediction path as well.
+No torch here: the readers serve the torch-free ONNX prediction path as well.
 """
 
 from __future__ import annotations
@@ -23,20 +21,17 @@ import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pfadseg.errors import PfadsegError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from pfadseg.data.datasets import Sample
-
 Size = int | tuple[int, int]
 """An output size: ``S`` for ``S x S`` or ``(height, width)``."""
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File extensions read as images (compared case-insensitively)."""
 
 #: Largest image read, in pixels (a 32k x 32k line-scan frame). Pillow's own guard refuses
 #: anything above 179 M pixels as a possible decompression bomb; line cameras exceed that, so
@@ -49,7 +44,7 @@ _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
-def _hw(size: Size) -> tuple[int, int]:
+def image_size_hw(size: Size) -> tuple[int, int]:
     """Return ``(height, width)`` for an int or a pair; reject non-positive sizes."""
     if isinstance(size, (int, np.integer)):
         h = w = int(size)
@@ -119,7 +114,7 @@ def _resize(img: Image.Image, size: Size | None) -> Image.Image:
     """Resize with Pillow's bilinear filter to ``size`` (``None`` keeps the native size)."""
     if size is None:
         return img
-    h, w = _hw(size)
+    h, w = image_size_hw(size)
     if img.size == (w, h):
         return img
     return img.resize((w, h), Image.BILINEAR)
@@ -165,7 +160,7 @@ def mask_array(img: Image.Image, binarize_at: int = 128) -> np.ndarray:
 
 def resize_map(values: np.ndarray, size: Size) -> np.ndarray:
     """A float (H, W) array resized with Pillow's bilinear filter, as float32."""
-    h, w = _hw(size)
+    h, w = image_size_hw(size)
     if values.shape == (h, w):
         return values.astype(np.float32, copy=True)
     return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
@@ -240,16 +235,7 @@ class ImageCache:
         self.enabled = enabled
         self._items: dict[Hashable, np.ndarray] = {}
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        with self._lock:
-            self._items.clear()
+        self.misses = 0  # decodes done: each file should be decoded once per run
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Return the cached array for ``key``; compute and store it on a miss."""
@@ -257,7 +243,6 @@ class ImageCache:
             with self._lock:
                 found = self._items.get(key)
                 if found is not None:
-                    self.hits += 1
                     return found
         value = compute()
         if self.enabled:
@@ -269,12 +254,12 @@ class ImageCache:
 
     def image(self, path: str | os.PathLike, size: Size | None) -> np.ndarray:
         """Cached :func:`read_image`."""
-        key = ("image", str(path), None if size is None else _hw(size))
+        key = ("image", str(path), None if size is None else image_size_hw(size))
         return self.get_or_compute(key, lambda: read_image(path, size))
 
     def mask(self, path: str | os.PathLike, size: Size | None, binarize_at: int = 128) -> np.ndarray:
         """Cached :func:`read_mask`."""
-        key = ("mask", str(path), None if size is None else _hw(size), int(binarize_at))
+        key = ("mask", str(path), None if size is None else image_size_hw(size), int(binarize_at))
         return self.get_or_compute(key, lambda: read_mask(path, size, binarize_at))
 
 
@@ -296,51 +281,23 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None) -> list:
         return list(pool.map(fn, items))
 
 
-def load_images(
-    samples: Iterable[Sample],
-    size: Size,
-    cache: ImageCache | None = None,
-    workers: int | None = None,
-) -> torch.Tensor:
-    """Images of ``samples`` as ``torch.uint8`` ``(N, 3, H, W)`` (decoded once per cache)."""
-    import torch
-
-    cache = cache if cache is not None else ImageCache(enabled=False)
-    samples = list(samples)
-    h, w = _hw(size)
-    paths = list(dict.fromkeys(s.image_path for s in samples))  # decode each file once
-    decoded = dict(zip(paths, parallel_map(lambda p: cache.image(p, (h, w)), paths, workers)))
-    arrays = [decoded[s.image_path] for s in samples]
-    if not arrays:
-        return torch.zeros((0, 3, h, w), dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+def normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
+    """Lower-case extensions with a leading dot; ``None`` or empty means all image types."""
+    if not extensions:
+        return IMAGE_EXTENSIONS
+    out = []
+    for ext in extensions:
+        ext = ext.strip().lower()
+        if not ext:
+            continue
+        out.append(ext if ext.startswith(".") else "." + ext)
+    return tuple(out) or IMAGE_EXTENSIONS
 
 
-def load_masks(
-    samples: Iterable[Sample],
-    size: Size,
-    cache: ImageCache | None = None,
-    binarize_at: int = 128,
-    workers: int | None = None,
-) -> torch.Tensor:
-    """Ground-truth masks of ``samples`` as ``torch.bool`` ``(N, 1, H, W)``.
-
-    Samples without a mask (good images) get an all-zero mask. A defective sample without a
-    mask path is an error: its pixel ground truth is unknown.
-    """
-    import torch
-
-    cache = cache if cache is not None else ImageCache(enabled=False)
-    samples = list(samples)
-    h, w = _hw(size)
-
-    for sample in samples:
-        if sample.mask_path is None and sample.label:
-            raise PfadsegError(f"{sample.image_path}: defective image has no ground-truth mask")
-    paths = list(dict.fromkeys(s.mask_path for s in samples if s.mask_path is not None))
-    decoded = dict(zip(paths, parallel_map(lambda p: cache.mask(p, (h, w), binarize_at), paths, workers)))
-    empty = np.zeros((h, w), dtype=bool)
-    arrays = [empty if s.mask_path is None else decoded[s.mask_path] for s in samples]
-    if not arrays:
-        return torch.zeros((0, 1, h, w), dtype=torch.bool)
-    return torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()
+def list_images(folder: Path, extensions: Iterable[str] | None = None) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), sorted by file name."""
+    exts = normalise_extensions(extensions)
+    files = [
+        p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file() and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: (p.name, str(p)))

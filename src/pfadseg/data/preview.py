@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pfadseg.data.synthesis import AnomalySynthesizer
+from pfadseg.data.augment import normal_augmentation
+from pfadseg.data.datasets import DataConfig, load_images, load_splits
+from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
+from pfadseg.data.textures import load_texture_source
+from pfadseg.fileio import atomic_path
 
 COLUMNS = ("normal", "synthetic", "mask")
 _GAP = 4
@@ -55,3 +61,17 @@ def synthesis_preview(
         for col, tile in enumerate((x[row], augmented[row], masks[row])):
             canvas.paste(Image.fromarray(_tile(tile)), (_GAP + col * (w + _GAP), top))
     return canvas
+
+
+def write_synthesis_preview(data: DataConfig, synthesis: SynthesisConfig, image_size: int, seed: int, out: Path, rows: int = 8) -> Path:
+    """A PNG grid of ``rows`` training images of ``data`` with their synthetic anomalies and masks, as a run would draw them."""
+    splits = load_splits(data)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(splits.train), generator=generator)[:rows].sort().values
+    images = load_images([splits.train[i] for i in chosen.tolist()], image_size).float().div_(255)
+    images = normal_augmentation(data)(images, generator)
+    synthesizer = AnomalySynthesizer(load_texture_source(data, image_size, seed), synthesis)
+    grid = synthesis_preview(images, synthesizer, generator, rows)
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
+    return out

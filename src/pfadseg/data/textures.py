@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pfadseg.data.datasets import IMAGE_EXTENSIONS
-from pfadseg.data.images import parallel_map, read_image
+from pfadseg.data.datasets import DataConfig
+from pfadseg.data.images import IMAGE_EXTENSIONS, parallel_map, read_image
 from pfadseg.errors import PfadsegError
 
 
@@ -220,3 +220,10 @@ def procedural_textures(count: int, size: int, seed: int = 0) -> torch.Tensor:
         rng = np.random.default_rng([int(seed), i])
         out[i] = np.rint(procedural_texture(rng, size, i) * 255.0).astype(np.uint8)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def load_texture_source(data: DataConfig, size: int, seed: int) -> torch.Tensor:
+    """Anomaly textures (T,3,S,S) uint8: a folder of images, or the built-in procedural ones."""
+    if data.textures:
+        return load_texture_folder(data.textures, size)
+    return procedural_textures(data.procedural_textures, size, seed)

@@ -6,18 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfadseg.models.config import ModelConfig
+from pfadseg.models.architecture import ModelConfig
 from pfadseg.models.segmentation import SegmentationNet
 from pfadseg.models.student import Student
 from pfadseg.models.teachers import Teacher, build_teacher
 
 
-def cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Per-pixel 1 − cos(t, s) over channels, (N, C, H, W) → (N, 1, H, W), computed in float32."""
-    return 1 - F.cosine_similarity(t.float(), s.float(), dim=1).unsqueeze(1)
+def cosine_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Per-pixel 1 − cos(teacher, student) over channels, (N, C, H, W) → (N, 1, H, W), computed in float32."""
+    return 1 - F.cosine_similarity(teacher.float(), student.float(), dim=1).unsqueeze(1)
 
 
-def fuse_features(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
+def segmentation_input(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
     """The segmentation input: per level −t̂ ⊙ ŝ (channel-normalised), resized to the 1/4 grid and concatenated."""
     size = teacher_feats[0].shape[-2:]
     return torch.cat(
@@ -62,36 +62,23 @@ class PFADSeg(nn.Module):
         self.student = Student(teacher.channels, config.block, config.zero_init_last_bn, linear_student_outputs(config, teacher))
         self.segmentation = SegmentationNet(sum(teacher.channels), config.block, config.head)
 
-    def features(self, x01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features of the same image (no gradients: for stage 2 and inference)."""
-        x = self.teacher.normalize(x01)
+        x = self.teacher.normalize(images)
         with torch.no_grad():
             return self.teacher.features(x), self.student(x)
 
-    def distillation_maps(self, clean: torch.Tensor, synthetic: torch.Tensor, student: nn.Module | None = None) -> list[torch.Tensor]:
-        """Stage 1: per-level cosine distances, teacher on the clean image vs student on the synthetic one.
+    def segment_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly logits at 1/4 of the input size, (N, 1, H/4, W/4)."""
+        return self.segmentation(segmentation_input(*self.features(images)))
 
-        ``student``: a wrapper of ``self.student`` to run instead (DistributedDataParallel in multi-process training).
-        """
-        with torch.no_grad():
-            teacher_feats = self.teacher(clean)
-        student_feats = (self.student if student is None else student)(self.teacher.normalize(synthetic))
-        return [cosine_distance(t, s) for t, s in zip(teacher_feats, student_feats)]
-
-    def segment_logits(self, x01: torch.Tensor, segmentation: nn.Module | None = None) -> torch.Tensor:
-        """Stage 2: anomaly logits at 1/4 of the input size, (N, 1, H/4, W/4).
-
-        ``segmentation``: a wrapper of ``self.segmentation`` to run instead (as in :meth:`distillation_maps`).
-        """
-        return (self.segmentation if segmentation is None else segmentation)(fuse_features(*self.features(x01)))
-
-    def segment(self, x01: torch.Tensor) -> torch.Tensor:
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Inference: anomaly probability at 1/4 of the input size, (N, 1, H/4, W/4)."""
-        return torch.sigmoid(self.segment_logits(x01))
+        return torch.sigmoid(self.segment_logits(images))
 
-    def student_teacher_map(self, x01: torch.Tensor) -> torch.Tensor:
+    def student_teacher_map(self, images: torch.Tensor) -> torch.Tensor:
         """Diagnostic map (1/4 size): product over levels of the cosine distances, student and teacher on x."""
-        return distance_product(*self.features(x01))
+        return distance_product(*self.features(images))
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the ``top_k`` highest pixels of each (N, 1, H, W) map → (N,)."""
@@ -103,16 +90,16 @@ class PFADSeg(nn.Module):
         anomaly_map = F.interpolate(p.float(), size=size, mode="bilinear", align_corners=False)
         return anomaly_map, self.image_score(anomaly_map)
 
-    def forward(self, x01: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference: anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
-        return self.scored_map(self.segment(x01), tuple(x01.shape[-2:]) if output_size is None else output_size)
+        return self.scored_map(self.segment(images), tuple(images.shape[-2:]) if output_size is None else output_size)
 
     def forward_with_diagnostic(
-        self, x01: torch.Tensor, output_size: tuple[int, int]
+        self, images: torch.Tensor, output_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segmentation map and score plus the student–teacher map and score, from one feature pass."""
-        teacher_feats, student_feats = self.features(x01)
-        p = torch.sigmoid(self.segmentation(fuse_features(teacher_feats, student_feats)))
+        teacher_feats, student_feats = self.features(images)
+        p = torch.sigmoid(self.segmentation(segmentation_input(teacher_feats, student_feats)))
         return (*self.scored_map(p, output_size), *self.scored_map(distance_product(teacher_feats, student_feats), output_size))
 
 

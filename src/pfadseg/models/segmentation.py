@@ -25,7 +25,7 @@ class HeadConfig:
 
 
 class SegmentationNet(nn.Module):
-    """Fused teacher–student similarities (``in_channels`` at 1/4 size) → anomaly logit (1 channel).
+    """Teacher–student similarities (``segmentation_input``, ``in_channels`` at 1/4 size) → anomaly logit (1 channel).
 
     The sigmoid is applied by the model (:meth:`PFADSeg.segment`); training takes the logits so that
     its loss keeps a gradient where the sigmoid saturates (see ``training.losses.focal_loss_from_logits``).

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pfadseg.models.pfadseg import PFADSeg, fuse_features
+from pfadseg.models.pfadseg import PFADSeg, segmentation_input
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -46,13 +46,13 @@ def summarize(model: PFADSeg, image_size: int = 256) -> dict[str, Any]:
     x = torch.rand(1, 3, image_size, image_size)
     with torch.no_grad():
         t_feats, s_feats = model.features(x)
-        fused = fuse_features(t_feats, s_feats)
-        out = model.segmentation(fused)
+        seg_input = segmentation_input(t_feats, s_feats)
+        out = model.segmentation(seg_input)
     shape = lambda t: list(t.shape[1:])  # noqa: E731 - drop the batch dimension
     macs = {
         "teacher": count_macs(model.teacher, lambda: model.teacher(x)),
         "student": count_macs(model.student, lambda: model.student(x)),
-        "segmentation": count_macs(model.segmentation, lambda: model.segmentation(fused)),
+        "segmentation": count_macs(model.segmentation, lambda: model.segmentation(seg_input)),
     }
     return {
         "teacher": model.config.teacher,
@@ -65,7 +65,7 @@ def summarize(model: PFADSeg, image_size: int = 256) -> dict[str, Any]:
         "learnable_parameters": count_parameters(model.student) + count_parameters(model.segmentation),
         "teacher_features": [shape(t) for t in t_feats],
         "student_features": [shape(s) for s in s_feats],
-        "segmentation_input": shape(fused),
+        "segmentation_input": shape(seg_input),
         "segmentation_output": shape(out),
         "macs_per_image": {**macs, "inference": macs["teacher"] + macs["student"] + macs["segmentation"]},
     }

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from pfadseg.errors import PfadsegError
 from pfadseg.models.layers import memory_format_of
@@ -65,63 +63,6 @@ def resolve_precision(precision: str, channels_last: bool, device: torch.device)
     if precision == "bf16" or native:
         return Precision(torch.bfloat16, channels_last)
     return Precision(None, channels_last)
-
-
-def trains_well_channels_last(module: nn.Module) -> bool:
-    """False when, in bf16 + channels_last on a CPU, oneDNN (as shipped with PyTorch 2.13) trains ``module`` wrongly or slowly.
-
-    Wrongly: a dilated conv whose input channels are not a multiple of 16 gets NaN/inf weight
-    gradients (measured at 24 and 40 channels, the EfficientNet-Lite0 teacher's widths, dilations 2
-    and 3; 48, 64 and 112 are exact). Slowly: batch norm over such a width (4x slower forward and
-    backward at 24 channels than contiguous).
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and m.in_channels % 16:
-            return False
-        if isinstance(m, nn.BatchNorm2d) and m.num_features % 16:
-            return False
-    return True
-
-
-def contiguous_islands(net: nn.Module, precision: Precision, device: torch.device) -> dict[str, nn.Module]:
-    """The largest submodules of ``net`` that must train contiguous while the rest trains channels_last.
-
-    Empty unless training runs bf16 + channels_last on a CPU. A module goes whole when none of its
-    children trains well channels_last (one format change at its border), else its children are examined
-    (always for a ModuleList or ModuleDict, which are never called themselves).
-    """
-    if not (device.type == "cpu" and precision.autocast_dtype == torch.bfloat16 and precision.channels_last):
-        return {}
-    islands: dict[str, nn.Module] = {}
-
-    def visit(name: str, module: nn.Module) -> None:
-        if trains_well_channels_last(module):
-            return
-        children = list(module.named_children())
-        called = not isinstance(module, (nn.ModuleList, nn.ModuleDict))  # containers without a forward: no hook would fire
-        if called and not any(trains_well_channels_last(child) for _, child in children):
-            islands[name] = module
-            return
-        for child_name, child in children:
-            visit(f"{name}.{child_name}" if name else child_name, child)
-
-    visit("", net)
-    return islands
-
-
-def keep_contiguous(modules: Iterable[nn.Module]) -> list[RemovableHandle]:
-    """Make each module's parameters contiguous and, while it trains, its 4-D inputs; returns the hooks to remove."""
-
-    def contiguous_inputs(module: nn.Module, args: tuple) -> tuple | None:
-        if not module.training:
-            return None
-        return tuple(a.contiguous() if isinstance(a, torch.Tensor) and a.dim() == 4 else a for a in args)
-
-    handles = []
-    for module in modules:
-        module.to(memory_format=torch.contiguous_format)
-        handles.append(module.register_forward_pre_hook(contiguous_inputs))
-    return handles
 
 
 def compile_fixed_batch(fn: Callable[..., tuple[torch.Tensor, ...]], batch_size: int) -> Callable[..., tuple[torch.Tensor, ...]]:

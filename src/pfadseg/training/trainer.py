@@ -1,7 +1,7 @@
 """The two-stage training loop (SPEC section 6) with exact resume.
 
 Stage 1 trains the student to reproduce, from a synthetic image, the teacher's features of the
-clean image; stage 2 freezes the student and trains the segmentation network on the fused
+clean image; stage 2 freezes the student and trains the segmentation network on the
 teacher–student similarities of the synthetic image against the synthetic mask.
 """
 
@@ -17,27 +17,20 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from pfadseg.checkpoint import (
-    CONFIG_FILE,
-    load_state_strict,
-    load_tensors,
-    metadata_json,
-    save_tensors,
-)
+from pfadseg.checkpoint import CONFIG_FILE, load_state_strict, load_tensors, metadata_json, save_tensors
 from pfadseg.config import RunConfig
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import write_text_atomic
 from pfadseg.models import PFADSeg
+from pfadseg.models.pfadseg import cosine_distance, segmentation_input
+from pfadseg.rundir import CHECKPOINT_FILE, LOG_FILE
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed
 from pfadseg.training.losses import cosine_loss, segmentation_loss
-from pfadseg.training.runtime import Precision, compile_errors, contiguous_islands, keep_contiguous
-
-CHECKPOINT_FILE = "checkpoint.safetensors"
-LOG_FILE = "train_log.jsonl"
+from pfadseg.training.memory_formats import StageFormats
+from pfadseg.training.runtime import Precision, compile_errors
 
 
 @dataclass
@@ -49,15 +42,15 @@ class Optimizers:
 
     @classmethod
     def create(cls, model: PFADSeg, config: RunConfig) -> Optimizers:
-        t = config.train
-        sgd = dict(momentum=t.momentum, weight_decay=t.weight_decay)
-        student = torch.optim.SGD(model.student.parameters(), lr=t.lr_student, **sgd)
+        recipe = config.train
+        sgd = dict(momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        student = torch.optim.SGD(model.student.parameters(), lr=recipe.lr_student, **sgd)
         segmentation = torch.optim.SGD(
             [
-                {"params": model.segmentation.res.parameters(), "lr": t.lr_seg_blocks},
-                {"params": model.segmentation.head.parameters(), "lr": t.lr_seg_head},
+                {"params": model.segmentation.res.parameters(), "lr": recipe.lr_seg_blocks},
+                {"params": model.segmentation.head.parameters(), "lr": recipe.lr_seg_head},
             ],
-            lr=t.lr_seg_head,
+            lr=recipe.lr_seg_head,
             **sgd,
         )
         return cls(student, segmentation)
@@ -100,16 +93,11 @@ class Trainer:
         self.config = config
         self.batches = batches
         self.precision = precision
-        # Each stage's network trains in the run's memory format, except the parts the CPU backend
-        # would train wrongly or slowly in channels_last (see contiguous_islands), which stay contiguous.
-        self.islands = {1: contiguous_islands(model.student, precision, device),
-                        2: contiguous_islands(model.segmentation, precision, device)}
-        self._island_hooks: list[RemovableHandle] = []
+        self.formats = StageFormats(model, model.student, model.segmentation, precision, device)
         self.run_dir = run_dir
         self.device = device
         self.distributed = distributed or Distributed()
-        self._format_stage = 0
-        self._enter_stage(1)
+        self.formats.enter(1)
         # What each stage trains, as DistributedDataParallel replicas under torchrun.
         self.student_net = self.distributed.wrap(model.student)
         self.segmentation_net = self.distributed.wrap(model.segmentation)
@@ -132,56 +120,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step of each stage
 
-    def _enter_stage(self, stage: int) -> None:
-        """Put the model and the batches in the stage's memory formats (once per stage change)."""
-        if self._format_stage != stage:
-            self.release_formats()
-            memory_format = self.precision.memory_format()
-            self.model.to(memory_format=memory_format)
-            self._island_hooks = keep_contiguous(self.islands[stage].values())
-            self.batches.memory_format = memory_format
-            self._format_stage = stage
-
-    def release_formats(self) -> None:
-        """Remove the stage's contiguous-island hooks (the model then runs in one memory format)."""
-        for handle in self._island_hooks:
-            handle.remove()
-        self._island_hooks = []
-        self._format_stage = 0
-
-    def describe_formats(self) -> str:
-        """E.g. ``stage 1 channels_last (contiguous: decoder.layer1), stage 2 channels_last``."""
-        base = "channels_last" if self.precision.channels_last else "contiguous"
-        parts = []
-        for stage, islands in self.islands.items():
-            names = ", ".join(name or "all" for name in islands)
-            parts.append(f"stage {stage} {base}" + (f" (contiguous: {names})" if names else ""))
-        return ", ".join(parts)
-
     def student_step(self) -> float:
-        self._enter_stage(1)
+        self.formats.enter(1)
         clean, synthetic, _ = self.batches.next()
         self.model.student.train()
+        teacher = self.model.teacher
         with self.precision.autocast(self.device):
-            loss = cosine_loss(self.model.distillation_maps(clean, synthetic, self.student_net))
+            with torch.no_grad():
+                target = teacher(clean)  # the teacher's features of the clean image ...
+            predicted = self.student_net(teacher.normalize(synthetic))  # ... reproduced from the synthetic one
+            loss = cosine_loss([cosine_distance(t, s) for t, s in zip(target, predicted)])
         self.optimizers.student.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers.student.step()
         return loss.item()
 
     def segmentation_step(self) -> float:
-        self._enter_stage(2)
+        self.formats.enter(2)
         _, synthetic, mask = self.batches.next()
         self.model.student.eval()
         self.model.segmentation.train()
-        t = self.config.train
+        recipe = self.config.train
         with self.precision.autocast(self.device), compile_errors(self._compile_hint):
-            loss = segmentation_loss(self.model.segment_logits(synthetic, self.segmentation_net), mask, t.focal_gamma, t.loss_from_logits)
+            logits = self.segmentation_net(segmentation_input(*self.model.features(synthetic)))
+            loss = segmentation_loss(logits, mask, recipe.focal_gamma, recipe.loss_from_logits)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
-        if t.seg_warmup_steps > 0:  # a function of the step alone, so resume stays exact
-            factor = min(1.0, (self.step - t.student_steps + 1) / t.seg_warmup_steps)
-            for group, base in zip(self.optimizers.segmentation.param_groups, (t.lr_seg_blocks, t.lr_seg_head)):
+        if recipe.seg_warmup_steps > 0:  # a function of the step alone, so resume stays exact
+            factor = min(1.0, (self.step - recipe.student_steps + 1) / recipe.seg_warmup_steps)
+            for group, base in zip(self.optimizers.segmentation.param_groups, (recipe.lr_seg_blocks, recipe.lr_seg_head)):
                 group["lr"] = base * factor
         self.optimizers.segmentation.step()
         return loss.item()
@@ -217,7 +184,7 @@ class Trainer:
 
     def fit(self, progress: bool = True) -> dict[str, float]:
         """Train to the end; returns a summary (seconds per stage, final losses)."""
-        t = self.config.train
+        recipe = self.config.train
         main = self.distributed.is_main  # only rank 0 shows progress, logs and checkpoints
         summary: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="it", dynamic_ncols=True)
@@ -239,14 +206,14 @@ class Trainer:
                 bar.set_description(f"stage {stage} ({key})")
                 bar.set_postfix(loss=f"{loss:.4f}")
                 bar.update(1)
-                if main and (self.step % t.log_every == 0 or self.step == self.total_steps):
+                if main and (self.step % recipe.log_every == 0 or self.step == self.total_steps):
                     log.write(json.dumps({"step": self.step, "stage": stage, "loss": loss, "seconds": round(seconds, 4)}) + "\n")
                     log.flush()
-                if self.step == t.student_steps:
+                if self.step == recipe.student_steps:
                     self.distributed.sync_buffers(self.model.student)
-                if main and (self.step % t.checkpoint_every == 0 or self.step == t.student_steps):
+                if main and (self.step % recipe.checkpoint_every == 0 or self.step == recipe.student_steps):
                     self.save_checkpoint()
         self.distributed.sync_buffers(self.model)  # replicas end identical: rank 0's BatchNorm statistics everywhere
-        self.release_formats()
+        self.formats.release()
         bar.close()
         return summary

@@ -1,0 +1,78 @@
+"""OK/NG thresholds from normal images held out of training, and the F1-optimal ones on labelled test data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pfadseg.config import RunConfig
+from pfadseg.data.datasets import Sample, holdout_split, load_images, load_splits
+from pfadseg.data.images import ImageCache
+from pfadseg.errors import PfadsegError
+from pfadseg.evaluate import Evaluation, evaluate, infer, write_metrics
+from pfadseg.fileio import write_json_atomic
+from pfadseg.models import PFADSeg
+from pfadseg.rundir import load_run
+from pfadseg.thresholds import THRESHOLDS_FILE, decision_rates, f1_threshold, format_rates, fpr_threshold
+from pfadseg.training.runtime import Precision
+
+
+def calibrate(
+    model: PFADSeg,
+    held_out: list[Sample],
+    evaluation: Evaluation | None,
+    config: RunConfig,
+    precision: Precision,
+    device: torch.device,
+    target_fpr: float | None = None,
+    cache: ImageCache | None = None,
+) -> dict:
+    """Thresholds at the target false-alarm rate on held-out normal images, and the F1-optimal ones on labelled test data."""
+    recipe = config.train
+    fpr = config.calibration.target_fpr if target_fpr is None else target_fpr
+    maps, scores, _, _ = infer(model, load_images(held_out, recipe.image_size, cache), precision, device, recipe.eval_size, recipe.eval_batch_size)
+    result: dict = {"image": fpr_threshold(scores.numpy(), fpr), "pixel": fpr_threshold(maps.numpy(), fpr), "target_fpr": fpr,
+                    "calibration_images": [s.rel_path for s in held_out]}
+    if evaluation is not None:
+        labels = np.array([s.label for s in evaluation.samples], dtype=bool)
+        image_f1, image_best = f1_threshold(evaluation.scores, labels)
+        pixel_f1, pixel_best = f1_threshold(evaluation.maps, evaluation.masks)
+        result["f1_optimal"] = {"image": image_f1, "image_f1": image_best, "pixel": pixel_f1, "pixel_f1": pixel_best}
+        result["test"] = {"calibrated": decision_rates(evaluation.scores, labels, result["image"]),
+                          "f1_optimal": decision_rates(evaluation.scores, labels, image_f1)}
+    return result
+
+
+def format_calibration(thresholds: dict) -> str:
+    """The calibration in a few readable lines."""
+    lines = [f"thresholds at {100 * thresholds['target_fpr']:g} % target false alarms ({len(thresholds['calibration_images'])} held-out "
+             f"normal images): image {thresholds['image']:.4f}, pixel {thresholds['pixel']:.4f}"]
+    if "test" in thresholds:
+        f1 = thresholds["f1_optimal"]
+        lines.append(f"  on the test split: {format_rates(thresholds['test']['calibrated'])}")
+        lines.append(f"  F1-optimal on the test split: image {f1['image']:.4f} (F1 {100 * f1['image_f1']:.1f}), pixel {f1['pixel']:.4f} "
+                     f"(F1 {100 * f1['pixel_f1']:.1f}); {format_rates(thresholds['test']['f1_optimal'])}")
+    return "\n".join(lines)
+
+
+def recalibrate(run_dir: str | Path, target_fpr: float | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """``pfadseg calibrate``: set a run's thresholds again (e.g. for another target false-alarm rate)."""
+    run = load_run(run_dir, device)
+    config = run.config
+    splits = load_splits(config.data)
+    _, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
+    if not held_out:
+        raise PfadsegError(f"{run.run_dir}: no normal images were held out of training (calibration.holdout is 0); "
+                           "train with --set calibration.holdout=0.1 to calibrate")
+    evaluation = None
+    if splits.test:
+        recipe = config.train
+        evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device, recipe.eval_batch_size,
+                              splits.binarize_at, progress=progress)
+    thresholds = calibrate(run.model, held_out, evaluation, config, run.precision, run.device, target_fpr)
+    write_json_atomic(run.run_dir / THRESHOLDS_FILE, thresholds)
+    if evaluation is not None:
+        write_metrics(run.run_dir, evaluation)
+    return thresholds
