@@ -1,4 +1,4 @@
-"""Per-category normal-image augmentation (SPEC section 7, last bullet)."""
+"""Per-category normal-image augmentation (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def test_segmentation_input_is_minus_the_normalised_product_resized_to_the_quart
 
 
 def test_paper_preset_is_the_published_recipe():
-    """SPEC section 6 / the paper: SGD 0.9 / 1e-4, lr 0.5 / 0.1 / 0.01, batch 16, 3000 + 4000 steps, 256², no warm-up."""
+    """docs/design.md §6, the paper: SGD 0.9 / 1e-4, lr 0.5 / 0.1 / 0.01, batch 16, 3000 + 4000 steps, 256², no warm-up."""
     t = preset_config("pfadseg", "paper").train
     recipe = (t.lr_student, t.lr_seg_blocks, t.lr_seg_head, t.batch_size, t.student_steps, t.segmentation_steps,
               t.momentum, t.weight_decay, t.seg_warmup_steps, t.image_size, t.focal_gamma)

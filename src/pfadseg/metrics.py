@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC section 9: image/pixel AUROC, pixel AP, AUPRO@0.3, IAP and IAP@90.
+"""Evaluation metrics of docs/design.md §9: image/pixel AUROC, pixel AP, AUPRO@0.3, IAP and IAP@90.
 
 Everything is exact and vectorised: the pixel scores of the whole test set are sorted once and
 every curve is read off cumulative sums over that single sort, one point per *distinct* score
@@ -329,7 +329,7 @@ def _instance_scores(sweep: _Sweep, region_labels: np.ndarray, n_regions: int) -
 
 
 def _iap_from(sweep: _Sweep, region_labels: np.ndarray, n_regions: int) -> tuple[float, float]:
-    """IAP and IAP@90 from a sweep whose labels are the defect masks (SPEC section 9)."""
+    """IAP and IAP@90 from a sweep whose labels are the defect masks (docs/design.md §9)."""
     if n_regions == 0:
         raise ValueError("IAP is undefined: the masks contain no defect instance")
     s = np.sort(_instance_scores(sweep, region_labels, n_regions))  # ascending s_0..s_{N-1}
@@ -345,7 +345,7 @@ def _iap_from(sweep: _Sweep, region_labels: np.ndarray, n_regions: int) -> tuple
 
 
 def iap(maps: ArrayLike, masks: ArrayLike) -> tuple[float, float]:
-    """Instance average precision (IAP) and IAP@90 as defined in SPEC section 9 (DeSTSeg).
+    """Instance average precision (IAP) and IAP@90 as defined in docs/design.md §9 (DeSTSeg).
 
     Instances are the 8-connected components of the masks over the whole test set.  With the
     N instance scores (see :func:`_instance_scores`) sorted ascending s_0 <= ... <= s_{N-1},
@@ -373,7 +373,7 @@ def evaluate_maps(
     image_scores: ArrayLike,
     image_labels: ArrayLike,
 ) -> dict[str, float]:
-    """All six metrics of SPEC section 9 for one category's test set, as fractions.
+    """All six metrics of docs/design.md §9 for one category's test set, as fractions.
 
     ``maps``: float (N, H, W) anomaly maps; ``masks``: bool or 0/1 (N, H, W) ground truth
     (already resized to the evaluation size and thresholded); ``image_scores``: (N,) floats;

@@ -1,4 +1,4 @@
-"""Per-category augmentation of the normal training image (SPEC section 7, last bullet).
+"""Per-category augmentation of the normal training image (docs/design.md §7).
 
 Applied before the synthesis, so teacher and student see the same geometry:
 

@@ -5,7 +5,7 @@
   applied, resized with Pillow's bilinear filter.
 * :func:`read_mask` returns ``bool`` arrays ``(H, W)``: the mask is binarised at
   ``>= binarize_at`` at its native resolution, resized bilinearly as a float image and
-  thresholded at 0.5 (SPEC section 9).
+  thresholded at 0.5 (docs/design.md §9).
 * Every problem with a file (missing, empty, truncated, not an image, mask size different from
   its image) raises :class:`~pfadseg.errors.PfadsegError` whose message starts with the path.
 * :class:`ImageCache` keeps decoded and resized arrays for one run, so that every file is

@@ -1,4 +1,4 @@
-"""Anomaly synthesis: DRAEM's algorithm as DeSTSeg uses it (SPEC section 7), batched in torch.
+"""Anomaly synthesis: DRAEM's algorithm as DeSTSeg uses it (docs/design.md §7), batched in torch.
 
 For each normal image ``I`` (float, [0, 1]):
 

@@ -1,4 +1,4 @@
-"""The PA residual block (SPEC section 4) and the layers of blocks built from it."""
+"""The PA residual block (docs/design.md §4) and the layers of blocks built from it."""
 
 from __future__ import annotations
 

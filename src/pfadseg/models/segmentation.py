@@ -1,4 +1,4 @@
-"""The segmentation network (SPEC section 5): two PA blocks, then an RCM (or ASPP) head; logits out."""
+"""The segmentation network (docs/design.md §5): two PA blocks, then an RCM (or ASPP) head; logits out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The student (SPEC section 3): a PA_ResNet18 encoder and a reversed PA_ResNet18 decoder, no skips."""
+"""The student (docs/design.md §3): a PA_ResNet18 encoder and a reversed PA_ResNet18 decoder, no skips."""
 
 from __future__ import annotations
 

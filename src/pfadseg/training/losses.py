@@ -1,4 +1,4 @@
-"""The two training losses (SPEC section 6), as in the official DeSTSeg code."""
+"""The two training losses (docs/design.md §6), as in the official DeSTSeg code."""
 
 from __future__ import annotations
 
