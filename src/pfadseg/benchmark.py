@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,9 @@ from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.metrics import pr_curve, roc_curve
 from pfadseg.models.architecture import MODEL_PRESETS, ModelConfig
 from pfadseg.report import gallery_cases, write_report
-from pfadseg.results import RunRecord, results_table, runs_table, summarize
+from pfadseg.results import RunRecord, averages, results_table, runs_table, summarize
 from pfadseg.rundir import CHECKPOINT_FILE, RUN_INFO_FILE, absolute_paths, load_run_config
+from pfadseg.thresholds import load_thresholds
 from pfadseg.training.run import train
 
 COMPONENTS = ("aff", "pcar", "rcm")
@@ -92,6 +93,28 @@ def curves(evaluation: Evaluation) -> dict[str, dict[str, list[float]]]:
     return {"image_roc": _thin(fpr, tpr), "pixel_pr": _thin(recall, precision)}
 
 
+@dataclass
+class BenchmarkResults:
+    """The finished runs of a benchmark so far, and the files made from them in ``out``."""
+
+    out: Path
+    preset: str
+    title: str = "pfadseg benchmark"
+    records: list[RunRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, dataset: str, variant: str, seed: int, config: RunConfig, run_dir: Path, evaluation: Evaluation,
+            gallery: str | None) -> None:
+        """Record a finished run (and draw its best and worst cases when ``gallery`` names their file); rewrite every results file."""
+        info = json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_INFO_FILE).is_file() else {}
+        self.records.append(RunRecord(dataset, variant, seed, str(run_dir), info.get("seconds"), evaluation.metrics,
+                                      evaluation.student_teacher_metrics, curves(evaluation), json.loads(json.dumps(to_dict(config)))))
+        if gallery is not None:
+            gallery_cases(evaluation, self.out / "gallery" / f"{gallery}.json", dataset, variant, seed, load_thresholds(run_dir)["image"])
+        write_results(self.out, self.records, self.preset, time.perf_counter() - self.started, self.title)
+        write_report(self.out)
+
+
 def _run_config(dataset: BenchmarkDataset, variant: str, seed: int, preset: str, teacher: str | None,
                 overrides: list[str], device: str) -> RunConfig:
     if preset not in TRAIN_PRESETS:
@@ -140,35 +163,30 @@ def run_benchmark(
         raise PfadsegError("a benchmark needs at least one dataset, one model variant and one seed")
     configs = {(d.key, v, s): _run_config(d, v, s, preset, teacher, overrides or [], device)
                for d in datasets for v in variants for s in seeds}  # every name is checked before the first run
-    records: list[RunRecord] = []
-    started = time.perf_counter()
+    results = BenchmarkResults(out, preset)
     total = len(configs)
     for number, ((key, variant, seed), config) in enumerate(configs.items(), 1):
         dataset = next(d for d in datasets if d.key == key)
         run_dir = out / "runs" / f"{key}-{variant}-s{seed}"
         log(f"\n== [{number}/{total}] {dataset.name} · {variant} · seed {seed}  →  {run_dir}")
         evaluation = _train_or_reuse(config, run_dir, teacher_weights, progress, log)
-        info = json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_INFO_FILE).is_file() else {}
-        records.append(RunRecord(dataset.name, variant, seed, str(run_dir), info.get("seconds"), evaluation.metrics,
-                                 evaluation.student_teacher_metrics, curves(evaluation), json.loads(json.dumps(to_dict(config)))))
-        if variant == variants[0] and seed == seeds[0]:
-            gallery_cases(evaluation, out / "gallery" / f"{key}.json", dataset.name, variant, seed)
-        write_results(out, records, preset, time.perf_counter() - started)
-        write_report(out)
-    log(f"\nbenchmark: {len(records)} runs in {(time.perf_counter() - started) / 60:.1f} min")
-    log(results_table(records))
+        first = variant == variants[0] and seed == seeds[0]
+        results.add(dataset.name, variant, seed, config, run_dir, evaluation, gallery=key if first else None)
+    log(f"\nbenchmark: {len(results.records)} runs in {(time.perf_counter() - results.started) / 60:.1f} min")
+    log(results_table(results.records))
     log(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'report.html'}")
-    return records
+    return results.records
 
 
-def write_results(out: Path, records: list[RunRecord], preset: str, seconds: float) -> None:
+def write_results(out: Path, records: list[RunRecord], preset: str, seconds: float, title: str) -> None:
     """results.json (everything, curves included) and results.md (the tables, the first run's config, versions)."""
     env = environment()
-    payload = {"preset": preset, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds, "environment": env,
-               "summary": summarize(records), "runs": [vars(r) for r in records]}
+    summary = summarize(records)
+    payload = {"title": title, "preset": preset, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds, "environment": env,
+               "summary": summary, "averages": averages(summary), "runs": [vars(r) for r in records]}
     write_json_atomic(out / "results.json", payload)
     first = records[0]
-    md = [f"# pfadseg benchmark: preset `{preset}`", "",
+    md = [f"# {title}: preset `{preset}`", "",
           f"Teacher `{first.config['model']['teacher']}`. Mean ± sample standard deviation over seeds, in percent. "
           "`min/run`: wall minutes of one run (data loading, training and evaluation).", "",
           results_table(records), "", "## Every run", "", runs_table(records), "",

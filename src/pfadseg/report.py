@@ -1,4 +1,4 @@
-"""The benchmark's results page: one self-contained ``report.html`` (tables, SVG curves, inline pictures).
+"""The results page of a benchmark (or the demo): one self-contained ``report.html`` (tables, SVG curves, inline pictures).
 
 Built from ``results.json`` and ``gallery/<dataset>.json`` alone, so it can be rebuilt at any time
 and opened in any browser without a server or a network.
@@ -21,7 +21,7 @@ from pfadseg.evaluate import Evaluation
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.metrics import average_precision
 from pfadseg.results import RunRecord, results_table, runs_table
-from pfadseg.visualize import comparison_row
+from pfadseg.visualize import Case, decision, labelled_rows
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -29,9 +29,10 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 # ---------------------------------------------------------------------------------- gallery
 
 
-def _jpeg_base64(array: np.ndarray) -> str:
+def _jpeg_base64(picture: Image.Image) -> str:
+    """A picture as base64 JPEG text, for a data: URL."""
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=88)
+    picture.save(buf, format="JPEG", quality=90)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -51,18 +52,24 @@ def select_cases(evaluation: Evaluation, count: int = 4) -> list[tuple[str, int,
     return [("best", i, ap[i]) for i in best] + [("worst", i, ap.get(i)) for i in worst]
 
 
-def gallery_cases(evaluation: Evaluation, path: Path, dataset: str, variant: str, seed: int) -> None:
-    """Render the selected cases (image | ground truth | map) of one run as inline JPEGs into a JSON file."""
+def evaluation_cases(evaluation: Evaluation, indices: list[int]) -> list[Case]:
+    """The test images at ``indices`` with their ground truth, map, defect type and score, at the evaluation size."""
+    samples = [evaluation.samples[i] for i in indices]
+    images = load_images(samples, evaluation.maps.shape[-1]).permute(0, 2, 3, 1).numpy()
+    return [Case(image, evaluation.masks[i], evaluation.maps[i], sample.defect_type, float(evaluation.scores[i]))
+            for image, i, sample in zip(images, indices, samples)]
+
+
+def gallery_cases(evaluation: Evaluation, path: Path, dataset: str, variant: str, seed: int, threshold: float) -> None:
+    """Render the selected cases of one run as labelled inline JPEGs (OK/NG at the image ``threshold``) into a JSON file."""
     chosen = select_cases(evaluation)
-    size = evaluation.maps.shape[-1]
-    images = load_images([evaluation.samples[i] for _, i, _ in chosen], size).permute(0, 2, 3, 1).numpy()
     cases = []
-    for (kind, i, ap), image in zip(chosen, images):
+    for (kind, i, ap), case in zip(chosen, evaluation_cases(evaluation, [i for _, i, _ in chosen])):
         sample = evaluation.samples[i]
         cases.append({"kind": kind, "image": sample.rel_path, "defect_type": sample.defect_type, "label": int(sample.label),
-                      "score": float(evaluation.scores[i]), "image_ap": ap,
-                      "jpeg": _jpeg_base64(comparison_row(image, evaluation.masks[i], evaluation.maps[i]))})
-    write_json_atomic(path, {"dataset": dataset, "variant": variant, "seed": seed, "cases": cases})
+                      "score": case.score, "decision": decision(case.score, threshold), "image_ap": ap,
+                      "jpeg": _jpeg_base64(labelled_rows([case], threshold))})
+    write_json_atomic(path, {"dataset": dataset, "variant": variant, "seed": seed, "image_threshold": threshold, "cases": cases})
 
 
 # ---------------------------------------------------------------------------------- curves
@@ -117,8 +124,8 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .case { display: flex; align-items: center; gap: 1em; margin: 0.5em 0; }
-.case img { height: 160px; }
-.case p { font-size: 13px; margin: 0; width: 260px; word-break: break-all; }
+.case img { max-width: calc(100% - 200px - 1em); height: auto; }
+.case p { font-size: 13px; margin: 0; width: 200px; flex-shrink: 0; word-break: break-all; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
 """
 
@@ -127,7 +134,8 @@ def render_report(results: dict[str, Any], galleries: dict[str, dict[str, Any]])
     """The whole page as one HTML string."""
     records = [RunRecord(**r) for r in results["runs"]]
     env = results["environment"]
-    body = [f"<h1>pfadseg benchmark: preset {html.escape(results['preset'])}</h1>",
+    title = html.escape(results["title"])
+    body = [f"<h1>{title}: preset {html.escape(results['preset'])}</h1>",
             f"<p>{html.escape(results['created'])} · {len(records)} runs, {sum(r.seconds or 0 for r in records) / 60:.1f} min of "
             "training and evaluation · "
             f"pfadseg {html.escape(env['versions']['pfadseg'])}, torch {html.escape(env['versions']['torch'])} · "
@@ -144,16 +152,14 @@ def render_report(results: dict[str, Any], galleries: dict[str, dict[str, Any]])
         body.append("</div>")
         gallery = galleries.get(dataset)
         if gallery:
-            body.append(f"<h3>Best and worst cases ({html.escape(gallery['variant'])}, seed {gallery['seed']}): "
-                        "image | ground truth (green) | anomaly map</h3>")
+            body.append(f"<h3>Best and worst cases ({html.escape(gallery['variant'])}, seed {gallery['seed']}; "
+                        f"NG at image score &ge; {gallery['image_threshold']:.4f})</h3>")
             for case in gallery["cases"]:
-                ap = "" if case["image_ap"] is None else f", image pixel AP {100 * case['image_ap']:.1f}"
-                verdict = "defective" if case["label"] else "good"
-                body.append(f"<div class='case'><p><b>{case['kind']}</b><br>{html.escape(case['image'])}<br>{verdict}, "
-                            f"score {case['score']:.4f}{ap}</p><img alt='{html.escape(case['image'])}' "
-                            f"src='data:image/jpeg;base64,{case['jpeg']}'></div>")
+                ap = "" if case["image_ap"] is None else f"<br>image pixel AP {100 * case['image_ap']:.1f}"
+                body.append(f"<div class='case'><p><b>{case['kind']}</b><br>{html.escape(case['image'])}{ap}</p>"
+                            f"<img alt='{html.escape(case['image'])}' src='data:image/jpeg;base64,{case['jpeg']}'></div>")
     body.append("<h2>Environment</h2><pre>" + html.escape(json.dumps(env, indent=2)) + "</pre>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>pfadseg benchmark</title>"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body>" + "".join(body) + "</body></html>\n")
 
 

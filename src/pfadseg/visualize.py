@@ -1,8 +1,12 @@
-"""Pictures of where the defect is: colour maps and heat-map overlays (NumPy + Pillow only)."""
+"""Pictures of where the defect is: colour maps, heat-map overlays and labelled comparison rows (NumPy + Pillow only)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 # Matplotlib's "jet" as five linear pieces (dark blue → blue → cyan → yellow → red → dark red).
 _JET_X = np.array([0.0, 0.11, 0.125, 0.34, 0.35, 0.375, 0.64, 0.65, 0.66, 0.89, 0.91, 1.0])
@@ -37,6 +41,92 @@ def outline(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (
     return out
 
 
-def comparison_row(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
-    """image | image with the ground truth outlined in green | heat-map overlay, side by side."""
-    return np.concatenate([image, outline(image, mask, (0, 255, 0)), overlay(image, anomaly_map)], axis=1)
+def comparison_tiles(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image, the image with the ground truth outlined in green, and the heat-map overlay."""
+    return image, outline(image, mask, (0, 255, 0)), overlay(image, anomaly_map)
+
+
+# ---------------------------------------------------------------------------------- labelled rows
+
+COLUMN_TITLES = ("image", "ground truth", "anomaly map")
+COLOUR_BAR_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+FONT_SIZE = 13
+MARGIN = 10  # around the picture
+GAP = 6  # between tiles and between rows
+BAR_WIDTH = 14
+BACKGROUND = (255, 255, 255)
+INK = (34, 34, 34)
+MUTED = (100, 100, 100)
+DECISION_FILL = {"OK": (30, 130, 60), "NG": (200, 30, 30)}
+
+
+@dataclass
+class Case:
+    """One test image to draw: the image, its ground truth, the model's map, what the image is and how it scored."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool
+    anomaly_map: np.ndarray  # (H, W) float, 0 to 1
+    defect_type: str  # "good" for a normal image
+    score: float
+
+
+def decision(score: float, threshold: float) -> str:
+    """NG (flagged as defective) when the image score is at or above the image threshold, else OK."""
+    return "NG" if score >= threshold else "OK"
+
+
+def labelled_rows(cases: Sequence[Case], threshold: float) -> Image.Image:
+    """image | ground truth | anomaly map for each case under column titles, with a colour bar for the maps.
+
+    Above each row a caption names the defect type (or "good"), the image score and the OK/NG
+    decision at ``threshold``, so that a picture can be read without the run that made it.
+    """
+    font = ImageFont.load_default(size=FONT_SIZE)
+    h, w = cases[0].image.shape[:2]
+    line = font.getbbox("Ag")[3]
+    header, caption = line + GAP, line + 2 * GAP
+    columns = [MARGIN + c * (w + GAP) for c in range(len(COLUMN_TITLES))]
+    bar_left = columns[-1] + w + 2 * GAP
+    tick_labels = [f"{t:g}" for t in COLOUR_BAR_TICKS]
+    width = bar_left + BAR_WIDTH + GAP + max(font.getbbox(t)[2] for t in tick_labels) + MARGIN
+    top = MARGIN + header
+    height = top + len(cases) * (caption + h) + (len(cases) - 1) * GAP + MARGIN
+    picture = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    for left, title in zip(columns, COLUMN_TITLES):
+        draw.text((left + w // 2, MARGIN), title, fill=INK, font=font, anchor="mt")
+    for n, case in enumerate(cases):
+        row_top = top + n * (caption + h + GAP)
+        _draw_caption(draw, font, case, threshold, (MARGIN, row_top, columns[-1] + w, row_top + caption))
+        for left, tile in zip(columns, comparison_tiles(case.image, case.mask, case.anomaly_map)):
+            picture.paste(Image.fromarray(tile), (left, row_top + caption))
+    _draw_colour_bar(picture, draw, font, (bar_left, top + caption), h, tick_labels)
+    return picture
+
+
+def _draw_caption(draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont, case: Case, threshold: float,
+                  box: tuple[int, int, int, int]) -> None:
+    """Defect type on the left; score, threshold and an OK/NG badge on the right of ``box`` (left, top, right, bottom)."""
+    left, top, right, bottom = box
+    middle = (top + bottom) // 2
+    draw.text((left, middle), case.defect_type, fill=INK, font=font, anchor="lm")
+    verdict = decision(case.score, threshold)
+    badge = draw.textbbox((right, middle), verdict, font=font, anchor="rm")
+    badge = (badge[0] - 2 * GAP, top + 1, right, bottom - 1)
+    draw.rounded_rectangle(badge, radius=4, fill=DECISION_FILL[verdict])
+    draw.text(((badge[0] + badge[2]) // 2, middle), verdict, fill=BACKGROUND, font=font, anchor="mm")
+    draw.text((badge[0] - GAP, middle), f"score {case.score:.4f}  (threshold {threshold:.4f})", fill=MUTED, font=font, anchor="rm")
+
+
+def _draw_colour_bar(picture: Image.Image, draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont, corner: tuple[int, int],
+                     height: int, tick_labels: list[str]) -> None:
+    """The heat map's colours from 1 (top) to 0 (bottom) beside the first row, with a tick and label per value."""
+    left, top = corner
+    values = np.repeat(np.linspace(1.0, 0.0, height)[:, None], BAR_WIDTH, axis=1)
+    picture.paste(Image.fromarray(colorize(values)), (left, top))
+    draw.rectangle((left - 1, top - 1, left + BAR_WIDTH, top + height), outline=MUTED)
+    for value, label in zip(COLOUR_BAR_TICKS, tick_labels):
+        y = top + round((1 - value) * (height - 1))
+        draw.line((left + BAR_WIDTH, y, left + BAR_WIDTH + GAP // 2, y), fill=MUTED)
+        draw.text((left + BAR_WIDTH + GAP, y), label, fill=INK, font=font, anchor="lm")
