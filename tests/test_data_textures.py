@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,8 @@ from pfadseg.data.textures import load_texture_folder, procedural_textures
 from pfadseg.errors import PfadsegError
 
 
-def test_procedural_textures_are_deterministic_varied_and_fast() -> None:
-    start = time.perf_counter()
+def test_procedural_textures_are_deterministic_and_varied() -> None:
     tex = procedural_textures(64, 256, seed=0)
-    elapsed = time.perf_counter() - start
-    print(f"\n64 procedural textures at 256x256: {elapsed:.2f} s")
     assert tex.dtype == torch.uint8 and tex.shape == (64, 3, 256, 256)
     assert torch.equal(tex[:8], procedural_textures(8, 256, seed=0))
     assert not torch.equal(tex[:8], procedural_textures(8, 256, seed=1))
@@ -25,7 +21,6 @@ def test_procedural_textures_are_deterministic_varied_and_fast() -> None:
     assert (flat.std(dim=1) > 5).all()  # no flat textures
     means = flat.view(64, 3, -1).mean(2)
     assert means.std(dim=0).min() > 15  # colours vary between textures
-    assert elapsed < 10
 
 
 def test_texture_folder_flat_and_nested(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,8 @@ from pfadseg.data.demo_generator import (
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    start = time.perf_counter()
-    names = write_demo_dataset(root, seed=0)
-    elapsed = time.perf_counter() - start
-    print(f"\ndemo dataset ({', '.join(names)}) written in {elapsed:.1f} s")
-    assert names == list(DEMO_CATEGORIES)
-    assert elapsed < 30
+    assert write_demo_dataset(root, seed=0) == list(DEMO_CATEGORIES)
     return root
-
-
-def test_categories_cover_a_texture_and_an_object() -> None:
-    assert {"fabric", "washer"} <= set(DEMO_CATEGORIES)
 
 
 def test_layout_loads_as_mvtec(demo_root: Path) -> None:

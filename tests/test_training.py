@@ -99,15 +99,16 @@ def test_unknown_category_lists_the_known_ones(tiny_mvtec: Path, tmp_path: Path,
     assert "gizmo" in err and "widget" in err
 
 
-def test_overrides_and_presets():
-    config = preset_config("destseg", "fast")
-    assert config.model.head.kind == "aspp" and config.train.image_size == 128
-    config = merge(config, parse_override("train.lr_student=0.4"))
-    config = merge(config, parse_override("model.block.pcar_dilations=[1, 3, 5]"))
-    config = merge(config, parse_override("synthesis.texture_augmentation=true"))
-    assert config.train.lr_student == 0.4
-    assert config.model.block.pcar_dilations == (1, 3, 5)
-    assert config.synthesis.texture_augmentation is True
+def test_overrides_change_exactly_the_named_keys_and_bad_ones_are_errors():
+    from dataclasses import replace
+
+    base = preset_config("destseg", "fast")
+    config = base
+    for text in ("train.lr_student=0.4", "model.block.pcar_dilations=[1, 3, 5]", "synthesis.texture_augmentation=true"):
+        config = merge(config, parse_override(text))
+    expected = replace(base, train=replace(base.train, lr_student=0.4), synthesis=replace(base.synthesis, texture_augmentation=True),
+                       model=replace(base.model, block=replace(base.model.block, pcar_dilations=(1, 3, 5))))
+    assert config == expected
     for bad in ("train.nope=1", "train.batch_size=many", "model.head.kind=unet", "synthesis.beta_max=3"):
         with pytest.raises(PfadsegError):
             merge(config, parse_override(bad))
@@ -118,7 +119,8 @@ def test_saved_config_round_trips(trained_run: Path):
 
     config = run_config_from_yaml(trained_run / "config.yaml")
     assert isinstance(config, RunConfig)
-    assert config.train.student_steps == 4 and config.model.teacher == "efficientnet_lite0"
+    assert config.train == preset_config("pfadseg", "debug").train  # the fixture trains the debug preset as it is
+    assert config.model.teacher == "efficientnet_lite0" and config.data.category == "widget"  # ... with these flags
     assert os.path.isabs(config.data.root)
 
 
