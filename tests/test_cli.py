@@ -20,11 +20,44 @@ COMMANDS = ["info", "train", "test", "predict", "export", "calibrate", "demo", "
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_subcommand_has_help(command, capsys):
+def test_every_option_of_every_command_says_what_it_does(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: pfadseg " + command in capsys.readouterr().out
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    undocumented = [a.option_strings or a.dest for a in sub._actions if not a.help and a.dest != "help"]
+    assert not undocumented
+
+
+def test_info_works_offline_and_summarises_a_run(trained_run: Path, monkeypatch, capsys):
+    import torch
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    assert main(["info"]) == 0
+    assert "2,782,784 parameters" in capsys.readouterr().out  # the ResNet18 teacher's stem and layer1-3, counted without weights
+    assert main(["info", "--run", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert f"img AUROC {100 * metrics['image_auroc']:.2f}" in out and "thresholds.json" in out and "torch " in out
+    assert main(["info", "--run", str(trained_run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metrics"] == metrics and summary["files"]["model.safetensors"] == (trained_run / "model.safetensors").stat().st_size
+
+
+def test_redirected_output_gets_progress_lines_not_bars(tiny_mvtec: Path, tmp_path: Path, capsys):
+    """stderr is not a terminal here (as in a log file): a plain line per tenth of the steps, no carriage returns."""
+    assert main(["train", "--data", str(tiny_mvtec), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("train (stage")]
+    assert lines[0].startswith("train (stage 1, student): 1/8 steps (12 %)")
+    assert lines[-1].startswith("train (stage 2, segmentation): 8/8 steps (100 %)") and "loss" in lines[-1] and "ETA" in lines[-1]
+    assert len(lines) == 8  # debug: 8 steps, a line per step (a tenth of 8 rounds to 1)
 
 
 def test_parser_knows_all_commands():
@@ -66,15 +99,18 @@ def test_predict_writes_maps_overlays_masks_and_decisions(trained_run: Path, tmp
     assert all((float(r["score"]) >= threshold) == (r["decision"] == "NG") for r in rows)
 
 
-def test_predict_reports_unreadable_files_and_fails(trained_run: Path, tmp_path: Path, capsys):
+def test_predict_skips_unreadable_files_with_a_warning(trained_run: Path, tmp_path: Path, capsys):
     images = tmp_path / "in"
     images.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "ok.png")
     (images / "broken.png").write_bytes(b"not an image")
-    assert main(["predict", "--run", str(trained_run), str(images), "--out", str(tmp_path / "out"), "--quiet"]) != 0
-    err = capsys.readouterr().err
-    assert "broken.png" in err and "Traceback" not in err
+    assert main(["predict", "--run", str(trained_run), str(images), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"pfadseg: warning: skipped {images / 'broken.png'}") and "Traceback" not in captured.err
+    assert "1 unreadable files skipped" in captured.out
     assert (tmp_path / "out" / "ok_map.npy").exists()
+    rows = {Path(r["image"]).name: r["decision"] for r in csv.DictReader((tmp_path / "out" / "predictions.csv").open())}
+    assert rows["broken.png"] == "SKIPPED" and rows["ok.png"] in ("OK", "NG")
 
 
 def test_preview_synthesis_writes_a_grid(tiny_mvtec: Path, tmp_path: Path):
@@ -125,7 +161,10 @@ def test_demo_end_to_end_with_debug_budget(tmp_path: Path, capsys):
     assert main(["demo", "--out", str(out), "--preset", "debug", "--seed", "3", "--set", "train.student_steps=2", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     categories = sorted(p.name for p in (out / "runs").iterdir())
-    assert len(categories) >= 2 and set(results) == {*categories, "mean"}
+    assert len(categories) >= 2 and sorted(r["dataset"] for r in results["runs"]) == categories
+    page = (out / "report.html").read_text()
+    printed = capsys.readouterr().out
+    total_cases = 0
     for category in categories:
         assert (out / "runs" / category / "model.safetensors").exists()
         config = __import__("yaml").safe_load((out / "runs" / category / "config.yaml").read_text())
@@ -133,8 +172,15 @@ def test_demo_end_to_end_with_debug_budget(tmp_path: Path, capsys):
         item = demo_items(category)[0]
         assert np.array_equal(np.asarray(Image.open(out / "data" / item.image_rel)), render_demo_item(item, seed=0)[0])
         picture = Image.open(out / "pictures" / f"{category}.png")
-        assert picture.width == 3 * 256  # image | ground truth | heat map, at the evaluation size
-    assert "pictures" in capsys.readouterr().out
+        assert picture.width > 3 * 256  # image | ground truth | heat map at the evaluation size, and a colour bar
+        run = next(r for r in results["runs"] if r["dataset"] == category)
+        assert f"\n{category} " in printed and f"{100 * run['metrics']['pixel_ap']:.2f}" in printed  # the metrics table
+        assert f"<h2>{category}</h2>" in page
+        cases = json.loads((out / "gallery" / f"{category}.json").read_text())["cases"]
+        assert len(cases) > 0 and all(f"base64,{c['jpeg']}" in page for c in cases)
+        total_cases += len(cases)
+    assert page.count("<img ") == total_cases  # one inline picture per case
+    assert "\nmean " in printed and "pictures" in printed and "report.html" in printed
 
 
 def test_predict_scores_equal_test_scores(trained_run: Path, tmp_path: Path):

@@ -72,15 +72,6 @@ def test_a_compiler_failure_is_one_clear_error(monkeypatch):
         compile_fixed_batch(_map_and_score, 2)(torch.rand(2, 3, 4, 4), 1.0)
 
 
-def test_real_compilation_matches_eager():
-    """The real inductor path on a small function (the whole model takes minutes to compile on 2 cores)."""
-    x = torch.rand(5, 3, 16, 16)
-    maps, scores = compile_fixed_batch(_map_and_score, 4)(x, 0.5)
-    expected_maps, expected_scores = _map_and_score(x, 0.5)
-    torch.testing.assert_close(maps, expected_maps)
-    torch.testing.assert_close(scores, expected_scores)
-
-
 def test_test_and_predict_compile_the_model_they_run(trained_run: Path, tmp_path: Path, monkeypatch):
     """`test --compile` and `predict --compile` go through the compiled forward (here a recording stand-in)."""
     run = tmp_path / "run"
@@ -100,7 +91,7 @@ def test_test_and_predict_compile_the_model_they_run(trained_run: Path, tmp_path
 def test_compile_with_an_onnx_model_is_refused(tmp_path: Path, capsys):
     assert main(["predict", "--model", str(tmp_path / "m.onnx"), str(tmp_path), "--out", str(tmp_path / "o"), "--compile"]) != 0
     err = capsys.readouterr().err.strip()
-    assert "--compile applies to a run directory" in err and len(err.splitlines()) == 1
+    assert "--compile and --precision apply to a run directory" in err and len(err.splitlines()) == 1
 
 
 

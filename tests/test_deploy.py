@@ -45,7 +45,7 @@ def test_export_has_uint8_input_dynamic_batch_and_metadata(exported: Path, train
     assert [o.name for o in model.graph.output] == ["anomaly_map", "score"]
     meta = {p.key: p.value for p in model.metadata_props}
     saved = json.loads((trained_run / "thresholds.json").read_text())
-    assert json.loads(meta["pfadseg.thresholds"]) == {"image": saved["image"], "pixel": saved["pixel"]}
+    assert json.loads(meta["pfadseg.thresholds"]) == {"image": saved["image"], "pixel": saved["pixel"], "precision": "fp32"}
     assert meta["pfadseg.image_size"] == "64"
 
 
@@ -55,7 +55,7 @@ def test_onnx_predictions_match_pytorch_fp32(exported: Path, trained_run: Path):
     from pfadseg.torch_backend import TorchBackend
 
     onnx_pred = Predictor(OnnxBackend(exported))
-    torch_pred = Predictor(TorchBackend(trained_run, precision="fp32"))
+    torch_pred = Predictor(TorchBackend(trained_run))
     assert onnx_pred.thresholds == torch_pred.thresholds
     for path in _test_images(trained_run):
         a, b = onnx_pred.predict_file(path), torch_pred.predict_file(path)
@@ -168,8 +168,7 @@ def test_training_calibrates_and_predict_applies_the_thresholds(trained_run: Pat
     from pfadseg.api import load
 
     score = load(copy).predict_file(image).score
-    # A margin far above bf16 run-to-run noise and far below any gap a threshold would mean.
-    for threshold, decision in ((score - 1e-3, "NG"), (score + 1e-3, "OK")):
+    for threshold, decision in ((score - 1e-6, "NG"), (score + 1e-6, "OK")):  # fp32: the same score on every path
         (copy / "thresholds.json").write_text(json.dumps({**saved, "image": threshold, "pixel": 0.0}))
         out = tmp_path / decision
         assert main(["predict", "--run", str(copy), str(image), "--out", str(out), "--quiet"]) == 0
@@ -192,3 +191,115 @@ def test_calibrate_command_sets_new_thresholds_and_test_reports_them(trained_run
     assert f"image threshold {after['image']:.4f}" in out and "false alarms" in out
     decisions = json.loads((copy / "metrics.json").read_text())["decisions"]
     assert decisions["good"] == 3 and decisions["defective"] == 3
+
+
+# ---------------------------------------------------------------------------------- one decision on every path
+
+
+def _csv_scores(path: Path) -> dict[str, float]:
+    return {"/".join(Path(r["image"]).parts[-2:]): float(r["score"]) for r in csv.DictReader(path.open())}
+
+
+def test_run_onnx_and_api_give_the_same_decision_even_at_a_borderline_threshold(exported: Path, trained_run: Path, tmp_path: Path):
+    """Every score a decision uses is fp32: `test`, `predict --run`, `predict --model` and the API agree far below any
+    threshold's resolution, so OK/NG agree even for a threshold a millionth above an image's score."""
+    from pfadseg.api import load
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    images = _test_images(trained_run)
+    assert main(["test", "--run", str(copy), "--save-maps", str(tmp_path / "maps"), "--quiet"]) == 0
+    scores = {"test": _csv_scores(tmp_path / "maps" / "scores.csv")}
+    for name, flag, model in (("run", "--run", copy), ("onnx", "--model", exported)):
+        assert main(["predict", flag, str(model), *map(str, images), "--out", str(tmp_path / name), "--quiet"]) == 0
+        scores[name] = _csv_scores(tmp_path / name / "predictions.csv")
+    scores["api"] = {"/".join(p.parts[-2:]): load(copy).predict_file(p).score for p in images}
+    keys = sorted(scores["api"])
+    table = np.array([[scores[path][k] for k in keys] for path in ("test", "run", "onnx", "api")])
+    assert np.abs(table - table[0]).max() <= 1e-6
+    borderline = table[0, 0] + 1e-6
+    decisions = table >= borderline
+    assert (decisions == decisions[0]).all() and not decisions[0, 0]
+    saved = json.loads((copy / "thresholds.json").read_text())
+    (copy / "thresholds.json").write_text(json.dumps({**saved, "image": borderline}))  # and end to end, through the run's file
+    assert main(["predict", "--run", str(copy), *map(str, images), "--out", str(tmp_path / "decide"), "--quiet"]) == 0
+    rows = {"/".join(Path(r["image"]).parts[-2:]): r["decision"] for r in csv.DictReader((tmp_path / "decide" / "predictions.csv").open())}
+    assert [rows[k] == "NG" for k in keys] == decisions[0].tolist()
+
+
+def test_an_fp32_score_does_not_depend_on_its_batch_mates(trained_run: Path):
+    from pfadseg.api import load
+    from pfadseg.data.images import read_image
+
+    images = _test_images(trained_run)
+    arrays = [read_image(p) for p in images]
+    detector = load(trained_run)
+    alone = [detector.predict_arrays([a], [p])[0].score for a, p in zip(arrays, images)]
+    together = [pred.score for pred in detector.predict_arrays(arrays, images)]
+    reversed_batch = [pred.score for pred in detector.predict_arrays(arrays[::-1], images[::-1])][::-1]
+    assert np.abs(np.array(alone) - np.array(together)).max() <= 1e-6
+    assert np.abs(np.array(alone) - np.array(reversed_batch)).max() <= 1e-6
+
+
+def test_bf16_scores_need_thresholds_of_their_own(trained_run: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    image = _test_images(trained_run)[0]
+    assert main(["predict", "--run", str(copy), "--precision", "bf16", str(image), "--out", str(tmp_path / "a"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "no thresholds for bf16 scores" in err and "--precision bf16" in err and err.count("\n") == 1
+    assert main(["calibrate", "--run", str(copy), "--precision", "bf16", "--quiet"]) == 0
+    bf16 = json.loads((copy / "thresholds-bf16.json").read_text())
+    assert bf16["precision"] == "bf16" and json.loads((copy / "thresholds.json").read_text())["precision"] == "fp32"
+    assert main(["predict", "--run", str(copy), "--precision", "bf16", str(image), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "pytorch bf16" in capsys.readouterr().out
+    assert main(["predict", "--model", str(tmp_path / "x.onnx"), "--precision", "bf16", str(image), "--out", str(tmp_path / "c")]) == 1
+    assert "runs in fp32" in capsys.readouterr().err
+
+
+def test_thresholds_without_a_recorded_precision_are_flagged(trained_run: Path, tmp_path: Path, capsys):
+    """A run calibrated by an earlier pfadseg (no precision in thresholds.json) still predicts, with a warning."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    saved = json.loads((copy / "thresholds.json").read_text())
+    del saved["precision"]
+    (copy / "thresholds.json").write_text(json.dumps(saved))
+    assert main(["predict", "--run", str(copy), str(_test_images(trained_run)[0]), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "warning: the thresholds were set on scores of an unrecorded precision" in capsys.readouterr().err
+
+
+def test_calibration_says_what_its_held_out_images_can_resolve(trained_run: Path, tmp_path: Path, capsys):
+    from pfadseg.calibration import calibration_warnings
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    assert main(["calibrate", "--run", str(copy), "--target-fpr", "0.05", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "set on 1 held-out normal images in fp32" in out and "resolve false-alarm rates down to 1/1 = 100.0 %" in out
+    base = {"target_fpr": 0.01, "calibration_images": ["x"] * 200}
+    assert calibration_warnings(base) == []
+    assert "1/50 = 2.0 %" in calibration_warnings({**base, "calibration_images": ["x"] * 50})[0]
+
+    def rates(false_alarms: int, good: int = 20) -> dict:
+        return {**base, "test": {"calibrated": {"false_alarms": false_alarms, "good": good}}}
+
+    assert calibration_warnings(rates(1)) == []  # 1 in 20 at a 1 % target: chance 18 %, no alarm
+    (warning,) = calibration_warnings(rates(8))
+    assert warning.startswith("WARNING") and "8 of 20 good images (40.0 %)" in warning
+
+
+def test_export_without_the_onnx_extra_says_what_to_install(trained_run: Path, tmp_path: Path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxscript(name, *args, **kwargs):
+        if name == "onnxscript":
+            raise ImportError("No module named 'onnxscript'", name="onnxscript")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxscript)
+    assert main(["export", "--run", str(trained_run), "--out", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'pfadseg[onnx]'" in err and "onnxscript" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()

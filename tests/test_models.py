@@ -27,7 +27,7 @@ def resnet_model():
 
 
 def test_destseg_preset_has_official_parameter_counts(capsys):
-    assert main(["info", "--preset", "destseg", "--teacher", "resnet18", "--no-pretrained", "--json"]) == 0
+    assert main(["info", "--preset", "destseg", "--teacher", "resnet18", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     # Official DeSTSeg: teacher stem+layer1-3 = 9,408+128 + 147,968 + 525,568 + 2,099,712;
     # student = timm resnet18 features (11,176,512) + reversed decoder (13,488,512);
@@ -144,10 +144,6 @@ def test_rcm_with_tiny_layer_scale_is_nearly_identity():
     assert (large(x) - x).abs().max() > 1e-2
 
 
-def test_aspp_keeps_shape():
-    assert ASPP(16, (1, 2, 3)).eval()(torch.randn(2, 16, 20, 20)).shape == (2, 16, 20, 20)
-
-
 TABLE4_ROWS = {  # (aff, pcar, head) of the paper's ablation rows
     "baseline": (False, False, "aspp"),
     "+RCM": (False, False, "rcm"),
@@ -219,18 +215,23 @@ def test_inference_map_and_score(resnet_model):
     torch.testing.assert_close(score, expected)
 
 
-def test_forward_under_bf16_autocast(resnet_model):
+def test_bf16_autocast_inference_approximates_fp32(resnet_model):
+    """The faster inference precision computes the same maps within bf16's rounding, and hands back float32."""
     model = resnet_model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        amap, score = model(torch.rand(2, 3, 64, 64))
-        st = model.student_teacher_map(torch.rand(2, 3, 64, 64))
-    assert amap.dtype == torch.float32 and torch.isfinite(amap).all() and torch.isfinite(score).all()
-    assert st.shape == (2, 1, 16, 16)
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        reference, reference_score = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amap, score = model(x)
+    assert amap.dtype == torch.float32 and score.dtype == torch.float32
+    assert (amap - reference).abs().max() < 0.05 and (score - reference_score).abs().max() < 0.02
+    assert (amap - reference).abs().max() > 0  # it did run in bf16
 
 
 def test_focal_loss_from_logits_equals_the_official_loss_away_from_saturation():
     """The official loss: BCE on sigmoid(z) as PyTorch computes it, times (1 − p_t)^4, mean."""
-    z = torch.randn(2, 1, 16, 16) * 4
+    z = (torch.randn(2, 1, 16, 16) * 4).clamp(-8, 8)  # beyond, float32's 1 − sigmoid loses digits in the official form
     target = (torch.rand(2, 1, 16, 16) > 0.7).float()
     p = torch.sigmoid(z)
     ce = torch.nn.functional.binary_cross_entropy(p, target, reduction="none")

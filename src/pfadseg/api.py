@@ -65,28 +65,30 @@ def resume(run_dir: str | Path, progress: bool = True) -> TrainResult:
 
 
 def test(run_dir: str | Path, *, data: str | Path | None = None, category: str | None = None,
-         save_maps_to: str | Path | None = None, device: str = "auto", progress: bool = True, compile: bool = False) -> Evaluation:
+         save_maps_to: str | Path | None = None, device: str = "auto", progress: bool = True, compile: bool = False,
+         precision: str = "fp32") -> Evaluation:
     """``pfadseg test``: metrics of a run on its test split (or on another MVTec-layout category)."""
     data_config = None
     if data is not None:
         own = load_run_config(run_dir).data
         data_config = replace(own, root=str(data), category=category or own.category)
-    evaluation = evaluate_run(run_dir, data_config, device=device, progress=progress, compile=compile)
+    evaluation = evaluate_run(run_dir, data_config, device=device, progress=progress, compile=compile, precision=precision)
     if save_maps_to is not None:
         save_maps(evaluation, Path(save_maps_to))
     return evaluation
 
 
-def load(model: str | Path, device: str = "auto", compile: bool = False) -> Predictor:
+def load(model: str | Path, device: str = "auto", compile: bool = False, precision: str = "fp32") -> Predictor:
     """A run directory or an exported ``.onnx`` file, ready for inference (``predict_file``, ``predict_arrays``).
 
     ``compile``: run a run directory's model through ``torch.compile`` (minutes once, then about 1.7× faster on CPU).
+    ``precision``: fp32 (decisions as the command line and the ONNX file make them) or bf16 (needs its own thresholds).
     """
-    return Predictor(open_backend(model, device, compile=compile))
+    return Predictor(open_backend(model, device, compile=compile, precision=precision))
 
 
 def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, device: str = "auto",
-            batch_size: int = 8, progress: bool = True, compile: bool = False) -> str:
+            batch_size: int = 8, progress: bool = True, compile: bool = False, precision: str = "fp32") -> str:
     """``pfadseg predict``: overlays, maps, masks and ``predictions.csv`` in ``out``; returns the summary line."""
     return predict_to_folder(model, [str(i) for i in inputs], Path(out), device=device, batch_size=batch_size, progress=progress,
-                             compile=compile)
+                             compile=compile, precision=precision)

@@ -17,7 +17,9 @@ from typing import Any
 
 from pfadseg.errors import PfadsegError
 
-TRAIN_PRESET_HELP = "training budget: paper (published recipe), cpu30 (~30 min per category on a 2-core CPU), fast (~10 min), debug (seconds)"
+TRAIN_PRESET_HELP = ("training budget: paper (the published recipe; hours per category on a 2-core CPU, minutes on a GPU), "
+                     "cpu30 (about 30 min per category on a 2-core CPU), fast (about 10 min), demo (about 4 min), "
+                     "debug (a few steps at 64x64, for tests: about a minute, mostly reading and evaluating)")
 COMPILE_HELP = "run the model through torch.compile: about 1.7x faster on CPU after a one-off compilation of about 2 minutes"
 
 
@@ -54,31 +56,33 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config_from_args(args: argparse.Namespace):
-    """preset → --config file → explicit flags → --set overrides."""
+    """preset → --config file → explicit flags → --set overrides (a command without a flag leaves its value alone)."""
     from pfadseg.config import load_yaml, merge, parse_override, preset_config
 
-    config = preset_config(args.model, args.preset)
+    given = lambda name: getattr(args, name, None)  # noqa: E731 - preview-synthesis has no model or training flags
+    config = preset_config(given("model") or "pfadseg", args.preset)
     if args.config:
         config = merge(config, load_yaml(args.config))
     flags: dict[str, Any] = {"data": _data_overrides(args), "train": {}, "model": {}}
     for name in ("image_size", "batch_size", "student_steps", "segmentation_steps", "precision"):
-        if getattr(args, name) is not None:
-            flags["train"][name] = getattr(args, name)
-    if args.teacher:
-        flags["model"]["teacher"] = args.teacher
-    if args.no_aff:
+        if given(name) is not None:
+            flags["train"][name] = given(name)
+    if given("teacher"):
+        flags["model"]["teacher"] = given("teacher")
+    if given("no_aff"):
         flags["model"]["block"] = {"aff": False}
-    if args.no_pcar:
+    if given("no_pcar"):
         flags["model"].setdefault("block", {})["pcar"] = False
-    if args.head:
-        flags["model"]["head"] = {"kind": args.head}
-    if args.textures:
-        flags["data"]["textures"] = args.textures
+    if given("head"):
+        flags["model"]["head"] = {"kind": given("head")}
+    if given("textures"):
+        flags["data"]["textures"] = given("textures")
     for key in ("seed", "device"):
-        if getattr(args, key) is not None:
-            flags[key] = getattr(args, key)
-    if args.target_fpr is not None:
-        flags["calibration"] = {"target_fpr": args.target_fpr}
+        if given(key) is not None:
+            flags[key] = given(key)
+    calibration = {key: given(key) for key in ("target_fpr", "holdout") if given(key) is not None}
+    if calibration:
+        flags["calibration"] = calibration
     config = merge(config, flags)
     for text in args.set or []:
         config = merge(config, parse_override(text))
@@ -96,11 +100,12 @@ def format_table(evaluation) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.run:
+        return _run_info(args)
     from pfadseg.models import build_model, model_preset
     from pfadseg.models.summary import summarize
 
-    config = model_preset(args.preset, args.teacher)
-    model = build_model(config, pretrained=not args.no_pretrained, teacher_weights=args.teacher_weights)
+    model = build_model(model_preset(args.preset, args.teacher), pretrained=False)  # sizes and shapes need no weights
     info = {"preset": args.preset, **summarize(model, args.image_size)}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -113,6 +118,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  teacher features  {info['teacher_features']}")
     print(f"  student features  {info['student_features']}")
     print(f"  segmentation in {info['segmentation_input']} → out {info['segmentation_output']}")
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from pfadseg.rundir import describe_run, summarize_run
+
+    summary = summarize_run(args.run)
+    print(json.dumps(summary, indent=2) if args.json else describe_run(summary))
     return 0
 
 
@@ -152,14 +165,17 @@ def cmd_test(args: argparse.Namespace) -> int:
     if overrides:
         base = load_run_config(args.run).data
         data = replace(base, **overrides)
-    from pfadseg.thresholds import decision_rates, format_rates, load_thresholds
+    from pfadseg.thresholds import decision_rates, format_rates, load_thresholds, thresholds_file
 
-    evaluation = evaluate_run(args.run, data, device=args.device, progress=not args.quiet, compile=args.compile)
+    evaluation = evaluate_run(args.run, data, device=args.device, progress=not args.quiet, compile=args.compile, precision=args.precision)
     print(format_table(evaluation))
-    thresholds = load_thresholds(args.run)
-    labels = [s.label for s in evaluation.samples]
-    print(f"OK/NG at the run's image threshold {thresholds['image']:.4f}: "
-          f"{format_rates(decision_rates(evaluation.scores, labels, thresholds['image']))}")
+    if args.precision == "fp32" or (Path(args.run) / thresholds_file(args.precision)).is_file():
+        thresholds = load_thresholds(args.run, args.precision)
+        labels = [s.label for s in evaluation.samples]
+        print(f"OK/NG at the run's image threshold {thresholds['image']:.4f}: "
+              f"{format_rates(decision_rates(evaluation.scores, labels, thresholds['image']))}")
+    else:
+        print(f"no OK/NG: the run has no thresholds for {args.precision} scores (pfadseg calibrate --run {args.run} --precision {args.precision})")
     if args.save_maps:
         save_maps(evaluation, Path(args.save_maps))
         print(f"maps: {args.save_maps}")
@@ -172,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.run) == bool(args.model):
         raise PfadsegError("give either --run RUN_DIR or --model FILE.onnx")
     summary = predict_to_folder(args.run or args.model, args.inputs, Path(args.out), device=args.device, batch_size=args.batch_size,
-                                progress=not args.quiet, compile=args.compile)
+                                progress=not args.quiet, compile=args.compile, precision=args.precision)
     print(summary)
     return 0
 
@@ -188,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pfadseg.calibration import format_calibration, recalibrate
 
-    print(format_calibration(recalibrate(args.run, args.target_fpr, device=args.device, progress=not args.quiet)))
+    print(format_calibration(recalibrate(args.run, args.target_fpr, device=args.device, progress=not args.quiet, precision=args.precision)))
     return 0
 
 
@@ -239,99 +255,120 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="pfadseg", help="architecture preset: pfadseg (AFF+PCAR+RCM) or destseg (baseline)")
-    g.add_argument("--teacher", help="teacher backbone: resnet18 (paper; ImageNet weights from the torch hub) or efficientnet_lite0 (offline)")
-    g.add_argument("--teacher-weights", help="state-dict file of the teacher's ImageNet weights (e.g. resnet18-f37072fd.pth)")
+    g.add_argument("--model", default="pfadseg", help="architecture preset: pfadseg (AFF+PCAR+RCM, default) or destseg (the baseline)")
+    g.add_argument("--teacher", help="teacher backbone: resnet18 (the paper's; ImageNet weights from the torch hub or --teacher-weights) "
+                   "or efficientnet_lite0 (weights ship with the lite0 extra: works offline)")
+    g.add_argument("--teacher-weights", metavar="FILE", help="state-dict file of the teacher's ImageNet weights (e.g. resnet18-f37072fd.pth)")
     g.add_argument("--no-aff", action="store_true", help="ablation: plain sum instead of AFF in every residual block")
     g.add_argument("--no-pcar", action="store_true", help="ablation: plain 3×3 conv instead of PCAR")
     g.add_argument("--head", choices=["rcm", "aspp"], help="segmentation head (pfadseg: rcm, destseg: aspp)")
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("run")
-    g.add_argument("--preset", default="paper", help=TRAIN_PRESET_HELP)
-    g.add_argument("--config", help="YAML file with any part of the configuration (see config.yaml of a run)")
+def _add_config_args(p: argparse.ArgumentParser, preset_default: str) -> argparse._ArgumentGroup:
+    g = p.add_argument_group("configuration")
+    g.add_argument("--preset", default=preset_default, help=TRAIN_PRESET_HELP + f" (default {preset_default})")
+    g.add_argument("--config", metavar="FILE", help="YAML file with any part of the configuration (the form of a run's config.yaml)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any value, e.g. train.lr_student=0.4 (repeatable)")
-    g.add_argument("--textures", help="folder of anomaly-source textures, e.g. DTD (default: built-in procedural textures)")
-    g.add_argument("--image-size", type=int, help="training size in pixels")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--student-steps", type=int, help="stage-1 iterations")
-    g.add_argument("--segmentation-steps", type=int, help="stage-2 iterations")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast where the hardware has it")
-    g.add_argument("--seed", type=int, help="fixes initialisation, sampling and synthesis")
-    g.add_argument("--target-fpr", type=float, help="OK/NG thresholds aim at this false-alarm rate on held-out normal images (default 0.01)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--textures", metavar="DIR", help="folder of anomaly-source textures, e.g. DTD (default: built-in procedural textures)")
+    g.add_argument("--image-size", type=int, help="training size in pixels (default: the preset's)")
+    g.add_argument("--seed", type=int, help="fixes initialisation, sampling and synthesis (default 0)")
+    return g
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pfadseg.version import __version__
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    g = _add_config_args(p, "paper")
+    g.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
+    g.add_argument("--student-steps", type=int, help="stage-1 iterations (default: the preset's)")
+    g.add_argument("--segmentation-steps", type=int, help="stage-2 iterations (default: the preset's)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="training precision; auto (default): bf16 autocast where the "
+                   "hardware has it. Scores for thresholds and decisions are always computed in fp32")
+    g.add_argument("--holdout", type=float, metavar="FRACTION", help="share of the normal training images held out to set the OK/NG "
+                   "thresholds (default 0.1; 0: no thresholds). More images resolve lower false-alarm rates")
+    g.add_argument("--target-fpr", type=float, help="the OK/NG thresholds aim at this false-alarm rate on the held-out images (default 0.01)")
+    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
-    parser = argparse.ArgumentParser(prog="pfadseg", description="PFADSeg anomaly detection and segmentation.")
-    parser.add_argument("--version", action="version", version=f"pfadseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="model summary: parameters, feature shapes, MACs")
-    p.add_argument("--preset", "--model", dest="preset", default="pfadseg", help="architecture preset: pfadseg or destseg")
-    p.add_argument("--teacher", default="resnet18", help="teacher backbone (resnet18, efficientnet_lite0)")
-    p.add_argument("--teacher-weights", help="teacher state-dict file")
-    p.add_argument("--no-pretrained", action="store_true", help="random teacher weights (no download needed)")
-    p.add_argument("--image-size", type=int, default=256)
+def _add_inference_args(p: argparse.ArgumentParser, compile: bool = True) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32 (default): the precision every threshold is set "
+                   "in, so decisions match the ONNX export; bf16: faster on hardware with bf16, needs thresholds of its own "
+                   "(pfadseg calibrate --precision bf16)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    if compile:
+        p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="model summary (parameters, feature shapes, MACs), or a run's summary with --run")
+    p.add_argument("--run", metavar="RUN_DIR", help="summarise this run: configuration, metrics, thresholds, sizes, versions")
+    p.add_argument("--preset", "--model", dest="preset", default="pfadseg", help="architecture preset: pfadseg (default) or destseg")
+    p.add_argument("--teacher", default="resnet18", help="teacher backbone: resnet18 (default) or efficientnet_lite0 (no weights are loaded)")
+    p.add_argument("--image-size", type=int, default=256, help="input size for shapes and MACs (default 256)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on normal images; evaluates when the data has a test split")
     _add_data_args(p)
     _add_model_args(p)
-    _add_run_args(p)
+    _add_training_args(p)
     p.add_argument("--out", help="run directory (default runs/<category>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("test", help="evaluate a run: image/pixel AUROC, pixel AP, AUPRO, IAP, IAP@90")
+
+def _test_parser(sub) -> None:
+    p = sub.add_parser("test", help="evaluate a run: image/pixel AUROC, pixel AP, AUPRO, IAP, IAP@90, and its OK/NG decisions")
     p.add_argument("--run", required=True, help="run directory")
     _add_data_args(p)
     p.add_argument("--save-maps", metavar="DIR", help="write each map as DIR/<type>/<stem>.npy and DIR/scores.csv")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    p.add_argument("--quiet", action="store_true")
+    _add_inference_args(p)
     p.set_defaults(func=cmd_test)
 
+
+def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="anomaly maps, overlays, masks and OK/NG decisions for new images")
     p.add_argument("--run", help="run directory (PyTorch)")
     p.add_argument("--model", help="exported .onnx file (onnxruntime; torch is not needed)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively for images")
+    p.add_argument("--out", required=True, help="output folder: <name>_overlay.png, <name>_map.npy, <name>_mask.png, predictions.csv")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    _add_inference_args(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="the run as one ONNX file (uint8 image in; map and score out), checked against PyTorch")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", help="output file (default RUN/model.onnx)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check on the run's test images")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch in the parity check (default 8)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("calibrate", help="set a run's OK/NG thresholds again, e.g. for another false-alarm rate")
+
+def _calibrate_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="set a run's OK/NG thresholds again: another false-alarm rate, or thresholds for bf16 scores")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--target-fpr", type=float, help="false-alarm rate on normal images (default: the run's, 0.01)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--target-fpr", type=float, help="false-alarm rate on the held-out normal images (default: the run's, 0.01)")
+    _add_inference_args(p, compile=False)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures (no downloads)")
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures and report.html (no downloads)")
     p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")
-    p.add_argument("--preset", default="demo", help="training budget (default demo: about 9 minutes on a 2-core CPU)")
+    p.add_argument("--preset", default="demo", help="training budget (default demo: about 9 minutes for both categories on a 2-core CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0); the demo data are the same for every seed")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any configuration value, e.g. train.seg_warmup_steps=0 (repeatable)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any configuration value, e.g. train.seg_warmup_steps=0 "
+                   "(repeatable)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_demo)
 
+
+def _benchmark_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="train and evaluate model variants × datasets × seeds; results.md/json and report.html")
     p.add_argument("--data", help="MVTec-layout root (with --categories)")
     p.add_argument("--categories", help="comma-separated MVTec categories, e.g. bottle,screw")
@@ -341,22 +378,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "aff, pcar, rcm added to destseg (default pfadseg,destseg)")
     p.add_argument("--ablation", action="store_true", help="the paper's Table 4: all seven variants")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
-    p.add_argument("--preset", default="fast", help=TRAIN_PRESET_HELP)
+    p.add_argument("--preset", default="fast", help=TRAIN_PRESET_HELP + " (default fast)")
     p.add_argument("--teacher", help="teacher backbone for every run (default: the presets' resnet18)")
-    p.add_argument("--teacher-weights", help="teacher state-dict file")
+    p.add_argument("--teacher-weights", metavar="FILE", help="teacher state-dict file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any configuration value in every run (repeatable)")
     p.add_argument("--out", required=True, help="benchmark folder: runs/, results.json, results.md, report.html")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("preview-synthesis", help="picture grid: normal image / synthetic anomaly / mask")
+
+def _preview_parser(sub) -> None:
+    p = sub.add_parser("preview-synthesis", help="picture grid of training images: normal / with a synthetic anomaly / its mask")
     _add_data_args(p, required=True)
-    _add_model_args(p)
-    _add_run_args(p)
-    p.add_argument("--out", default="synthesis_preview.png")
-    p.add_argument("--rows", type=int, default=8)
+    _add_config_args(p, "paper")
+    p.add_argument("--out", default="synthesis_preview.png", help="PNG file to write (default synthesis_preview.png)")
+    p.add_argument("--rows", type=int, default=8, help="training images to show, one per row (default 8)")
     p.set_defaults(func=cmd_preview)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pfadseg.version import __version__
+
+    parser = argparse.ArgumentParser(prog="pfadseg", description="PFADSeg anomaly detection and segmentation.")
+    parser.add_argument("--version", action="version", version=f"pfadseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_info_parser, _train_parser, _test_parser, _predict_parser, _export_parser, _calibrate_parser, _demo_parser,
+                _benchmark_parser, _preview_parser):
+        add(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from pfadseg.models.architecture import MODEL_PRESETS, ModelConfig
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The two-stage recipe (SPEC section 6) and how it runs on the machine."""
+    """The two-stage recipe (docs/design.md §6) and how it runs on the machine."""
 
     image_size: int = 256
     batch_size: int = 16

@@ -1,4 +1,4 @@
-"""Running a trained model over a test split and scoring it with the paper's metrics (SPEC sections 8–9)."""
+"""Running a trained model over a test split and scoring it with the paper's metrics (docs/design.md §8–§9)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_splits
 from pfadseg.data.images import ImageCache
@@ -17,8 +16,9 @@ from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
 from pfadseg.models import PFADSeg
+from pfadseg.progress import progress_bar
 from pfadseg.rundir import METRICS_FILE, load_run
-from pfadseg.thresholds import decision_rates, load_thresholds
+from pfadseg.thresholds import decision_rates, load_thresholds, thresholds_file
 from pfadseg.training.runtime import Precision, compile_fixed_batch, to_device
 
 
@@ -55,7 +55,8 @@ def infer(
     size = (output_size, output_size)
     forward = compile_fixed_batch(model.forward_with_diagnostic, batch_size) if compile else model.forward_with_diagnostic
     maps, scores, st_maps, st_scores = [], [], [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="evaluate", disable=not progress, unit="batch"):
+    bar = progress_bar(len(images), "evaluate", "images", enabled=progress)
+    for start in range(0, len(images), batch_size):
         x = to_device(images[start : start + batch_size], device).float().div_(255)
         x = x.contiguous(memory_format=precision.memory_format())
         with precision.autocast(device):
@@ -64,6 +65,8 @@ def infer(
         scores.append(score.cpu())
         st_maps.append(st_map[:, 0].cpu())
         st_scores.append(st_score.cpu())
+        bar.update(len(x))
+    bar.close()
     return torch.cat(maps), torch.cat(scores), torch.cat(st_maps), torch.cat(st_scores)
 
 
@@ -124,12 +127,14 @@ def save_maps(evaluation: Evaluation, out_dir: Path) -> None:
     write_text_atomic(out_dir / "scores.csv", buf.getvalue())
 
 
-def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE) -> None:
+def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE, precision: str = "fp32") -> None:
     """``metrics.json``: the six metrics (fractions), the student–teacher diagnostic, and what the
-    run's OK/NG thresholds decide on these test images."""
+    run's OK/NG thresholds for ``precision`` decide on these test images (when the run has them)."""
     labels = np.array([s.label for s in evaluation.samples], dtype=bool)
-    decisions = decision_rates(evaluation.scores, labels, load_thresholds(run_dir)["image"])
-    write_json_atomic(run_dir / name, {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics, "decisions": decisions})
+    payload = {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics, "precision": precision}
+    if precision == "fp32" or (Path(run_dir) / thresholds_file(precision)).is_file():
+        payload["decisions"] = decision_rates(evaluation.scores, labels, load_thresholds(run_dir, precision)["image"])
+    write_json_atomic(run_dir / name, payload)
 
 
 def evaluate_run(
@@ -138,13 +143,15 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = True,
     compile: bool = False,
+    precision: str = "fp32",
 ) -> Evaluation:
     """Evaluate a run on its own test split (or on ``data``) and write ``metrics.json``.
 
-    Metrics of another dataset go to ``metrics-<name>.json`` so that the run's own are kept.
+    Metrics of another dataset go to ``metrics-<name>.json``, of another precision than fp32 (the
+    decision precision) to ``metrics-<precision>.json``, so that the run's own are kept.
     ``compile``: run the model through ``torch.compile``.
     """
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, precision)
     own_data = data is None or data == run.config.data
     data = data or run.config.data
     splits = load_splits(data)
@@ -153,5 +160,6 @@ def evaluate_run(
     recipe = run.config.train
     evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device,
                           recipe.eval_batch_size, splits.binarize_at, progress=progress, compile=compile)
-    write_metrics(run.run_dir, evaluation, METRICS_FILE if own_data else f"metrics-{splits.name}.json")
+    name = "metrics" + ("" if own_data else f"-{splits.name}") + ("" if precision == "fp32" else f"-{precision}")
+    write_metrics(run.run_dir, evaluation, f"{name}.json", precision)
     return evaluation

@@ -80,10 +80,21 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _onnx_modules():
+    """The ``onnx`` module, checking that torch's exporter (onnxscript) and onnxruntime (the parity check) are there too."""
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise PfadsegError(f"pfadseg export needs the onnx extra ({err.name} is missing): pip install 'pfadseg[onnx]'") from None
+    return onnx
+
+
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bool = True, batch_size: int = 8) -> ExportReport:
     """Export ``run_dir`` to ``out`` (default ``RUN/model.onnx``); with ``check``, compare with PyTorch on the run's test images
     and refuse to write a file that disagrees."""
-    import onnx
+    onnx = _onnx_modules()
 
     run = load_run(run_dir, device="cpu", precision="fp32")
     config = run.config

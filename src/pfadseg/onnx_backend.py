@@ -34,8 +34,9 @@ class OnnxBackend:
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.image_size = int(meta[META_IMAGE_SIZE])
-            self.thresholds = {k: float(v) for k, v in json.loads(meta[META_THRESHOLDS]).items()}
-        except (KeyError, ValueError) as err:
+            stored = json.loads(meta[META_THRESHOLDS])
+            self.thresholds = {"image": float(stored["image"]), "pixel": float(stored["pixel"]), "precision": stored.get("precision")}
+        except (KeyError, ValueError, TypeError) as err:
             raise PfadsegError(f"{path}: not a pfadseg export (metadata {err} missing or unreadable)") from None
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from pfadseg.data.images import list_images, read_image, resize_image, resize_map
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
+from pfadseg.progress import Progress, progress_bar
 from pfadseg.visualize import overlay
 
 
@@ -52,30 +51,44 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
 
 
 class Backend(Protocol):
-    """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,)."""
+    """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,).
+
+    ``thresholds``: image and pixel thresholds, and the precision of the scores they were set on (None: unknown).
+    """
 
     name: str
     image_size: int
-    thresholds: dict[str, float]
+    thresholds: dict[str, Any]
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def open_backend(model: str | Path, device: str = "auto", compile: bool = False, batch_size: int = 8) -> Backend:
-    """A run directory (PyTorch) or an exported ``.onnx`` file (onnxruntime; torch is not imported).
+def open_backend(model: str | Path, device: str = "auto", compile: bool = False, batch_size: int = 8, precision: str = "fp32") -> Backend:
+    """A run directory (PyTorch) or an exported ``.onnx`` file (onnxruntime, fp32; torch is not imported).
 
     ``compile`` (run directories only): ``torch.compile`` once for batches of ``batch_size``.
+    ``precision`` (run directories only): fp32, the decision precision, or bf16 with thresholds of its own.
     """
     path = Path(model)
     if path.suffix.lower() == ".onnx":
-        if compile:
-            raise PfadsegError(f"{path}: --compile applies to a run directory (PyTorch), not to an ONNX model")
+        if compile or precision != "fp32":
+            raise PfadsegError(f"{path}: --compile and --precision apply to a run directory (PyTorch); an ONNX model runs in fp32")
         from pfadseg.onnx_backend import OnnxBackend
 
         return OnnxBackend(path)
     from pfadseg.torch_backend import TorchBackend
 
-    return TorchBackend(path, device, compile_batch=batch_size if compile else None)
+    return TorchBackend(path, device, precision, compile_batch=batch_size if compile else None)
+
+
+def threshold_warning(backend: Backend) -> str | None:
+    """A warning when the thresholds were set on scores of another (or an unknown) precision than the backend computes."""
+    precision = backend.thresholds.get("precision")
+    computed = "bf16" if backend.name.startswith("pytorch bf16") else "fp32"
+    if precision == computed:
+        return None
+    return (f"the thresholds were set on {precision or 'scores of an unrecorded precision (an earlier pfadseg)'}, these scores are "
+            f"{computed}: decisions near a threshold may differ; set them again with `pfadseg calibrate`")
 
 
 class Predictor:
@@ -127,49 +140,56 @@ def predict_to_folder(
     batch_size: int = 8,
     progress: bool = True,
     compile: bool = False,
+    precision: str = "fp32",
 ) -> str:
     """Predict every input image into ``out_dir`` with ``predictions.csv``; returns a one-paragraph summary.
 
-    ``model`` is a run directory or an exported ``.onnx`` file. Images stream through in batches:
-    a reader thread decodes the next batch while the model runs on this one, so memory stays
-    bounded by two batches however large the folder. An unreadable image is reported on stderr
-    and listed as ERROR; the others are still processed, and the command then fails (non-zero
-    exit) naming how many could not be read.
+    ``model`` is a run directory or an exported ``.onnx`` file. An unreadable image is skipped with
+    a warning on stderr and listed as SKIPPED in the table; the others are still processed.
     """
     if batch_size < 1:
         raise PfadsegError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(open_backend(model, device, compile, batch_size))
+    predictor = Predictor(open_backend(model, device, compile, batch_size, precision))
     items = collect_inputs(inputs)
-    rows: list[list[str]] = []
-    failures = 0
     started = time.perf_counter()
+    bar = progress_bar(len(items), f"predict ({predictor.backend.name})", "images", enabled=progress)
+    warning = threshold_warning(predictor.backend)
+    if warning:
+        bar.write(f"pfadseg: warning: {warning}")
+    rows = _predict_stream(predictor, items, out_dir, batch_size, bar)
+    bar.close()
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["image", "score", "decision"], *rows])
+    write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
+    seconds = time.perf_counter() - started
+    skipped = sum(r[2] == "SKIPPED" for r in rows)
+    done, ng = len(items) - skipped, sum(r[2] == "NG" for r in rows)
+    return (f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s, {predictor.backend.name}): "
+            f"{ng} NG, {done - ng} OK (image threshold {predictor.thresholds['image']:.4f}, pixel threshold "
+            f"{predictor.thresholds['pixel']:.4f})" + (f"; {skipped} unreadable files skipped" if skipped else "")
+            + f"; results in {out_dir}, table {out_dir / 'predictions.csv'}")
+
+
+def _predict_stream(predictor: Predictor, items: list[tuple[Path, Path]], out_dir: Path, batch_size: int, bar: Progress) -> list[list[str]]:
+    """Predict and write the items batch by batch; rows of (image, score, decision).
+
+    A reader thread decodes the next batch while the model runs on this one, so memory stays
+    bounded by two batches however large the folder.
+    """
+    rows: list[list[str]] = []
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    bar = tqdm(total=len(items), desc=f"predict ({predictor.backend.name})", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(_read_batch, batches[0]) if batches else None
         for n in range(len(batches)):
             good, bad = pending.result()
             pending = reader.submit(_read_batch, batches[n + 1]) if n + 1 < len(batches) else None
             for path, error in bad:
-                print(f"pfadseg: error: {error}", file=sys.stderr)
-                rows.append([str(path), "", "ERROR"])
-            failures += len(bad)
+                bar.write(f"pfadseg: warning: skipped {error}")
+                rows.append([str(path), "", "SKIPPED"])
             if good:
                 images = [image for _, _, image in good]
                 for pred, image, (_, rel, _) in zip(predictor.predict_arrays(images, [p for p, _, _ in good]), images, good):
                     predictor.write(pred, image, out_dir, rel)
-                    rows.append([str(pred.path), f"{pred.score:.6f}", "NG" if pred.is_anomalous else "OK"])
+                    rows.append([str(pred.path), f"{pred.score:.9g}", "NG" if pred.is_anomalous else "OK"])  # every digit float32 has
             bar.update(len(batches[n]))
-    bar.close()
-    buf = io.StringIO()
-    csv.writer(buf).writerows([["image", "score", "decision"], *rows])
-    write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
-    seconds = time.perf_counter() - started
-    done = len(items) - failures
-    ng = sum(r[2] == "NG" for r in rows)
-    summary = (f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s, {predictor.backend.name}): "
-               f"{ng} NG, {done - ng} OK (image threshold {predictor.thresholds['image']:.4f}, pixel threshold "
-               f"{predictor.thresholds['pixel']:.4f}); results in {out_dir}, table {out_dir / 'predictions.csv'}")
-    if failures:
-        raise PfadsegError(f"{failures} of {len(items)} images could not be read (listed as ERROR in {out_dir / 'predictions.csv'})")
-    return summary
+    return rows

@@ -10,8 +10,10 @@ ever loaded with pickle.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +21,7 @@ from pfadseg.checkpoint import CONFIG_FILE, MODEL_FILE, load_state_strict, load_
 from pfadseg.config import RunConfig, run_config_from_yaml, to_dict
 from pfadseg.errors import PfadsegError
 from pfadseg.models import PFADSeg, build_model
-from pfadseg.training.runtime import Precision, resolve_device, resolve_precision
+from pfadseg.training.runtime import Precision, inference_precision, resolve_device
 from pfadseg.version import __version__
 
 METRICS_FILE = "metrics.json"
@@ -75,14 +77,72 @@ class LoadedRun:
     precision: Precision
 
 
-def load_run(run_dir: str | Path, device: str = "auto", precision: str | None = None) -> LoadedRun:
-    """Load ``model.safetensors`` + ``config.yaml``; wrong shapes or a tampered file are one-line errors."""
+def load_run(run_dir: str | Path, device: str = "auto", precision: str = "fp32") -> LoadedRun:
+    """Load ``model.safetensors`` + ``config.yaml`` for inference in ``precision`` (fp32: the decision precision).
+
+    Wrong shapes or a tampered file are one-line errors.
+    """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     state = load_tensors(run_dir / MODEL_FILE)
     model = build_model(config.model, pretrained=False)
     load_state_strict(model, state, run_dir / MODEL_FILE)
     dev = resolve_device(device)
-    prec = resolve_precision(precision or config.train.precision, config.train.channels_last, dev)
+    prec = inference_precision(precision)
     model = model.to(dev, memory_format=prec.memory_format()).eval()
     return LoadedRun(run_dir, config, model, dev, prec)
+
+
+def _read_json(path: Path) -> dict | None:
+    """A run's JSON file, or None when the run has none (or it is unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def summarize_run(run_dir: str | Path) -> dict[str, Any]:
+    """``pfadseg info --run``: configuration, parameters, metrics, thresholds, file sizes and versions of a run."""
+    run = load_run(run_dir, device="cpu")
+    config, model = run.config, run.model
+    info = _read_json(run.run_dir / RUN_INFO_FILE) or {}
+    return {
+        "run_dir": str(run.run_dir),
+        "model": {"teacher": config.model.teacher, "aff": config.model.block.aff, "pcar": config.model.block.pcar,
+                  "head": config.model.head.kind,
+                  "parameters": {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in ("teacher", "student", "segmentation")}},
+        "training": {k: getattr(config.train, k) for k in ("image_size", "batch_size", "student_steps", "segmentation_steps",
+                                                            "lr_student", "lr_seg_blocks", "lr_seg_head", "precision")},
+        "data": {"root": config.data.root, "category": config.data.category, "format": config.data.format},
+        "seed": config.seed,
+        "metrics": _read_json(run.run_dir / METRICS_FILE),
+        "thresholds": {p.name: _read_json(p) for p in sorted(run.run_dir.glob("thresholds*.json"))},
+        "files": {p.name: p.stat().st_size for p in sorted(run.run_dir.iterdir()) if p.is_file() and not p.name.startswith(".")},
+        "trained": {k: info.get(k) for k in ("seconds", "device", "precision", "processes", "versions", "machine")} if info else None,
+    }
+
+
+def describe_run(summary: dict[str, Any]) -> str:
+    """:func:`summarize_run` as readable lines."""
+    m, t = summary["model"], summary["training"]
+    params = ", ".join(f"{part} {n:,d}" for part, n in m["parameters"].items())
+    lines = [f"run {summary['run_dir']}",
+             f"  model      teacher {m['teacher']}, AFF {'on' if m['aff'] else 'off'}, PCAR {'on' if m['pcar'] else 'off'}, head {m['head']}; "
+             f"parameters: {params}",
+             f"  training   {t['image_size']}², batch {t['batch_size']}, {t['student_steps']} + {t['segmentation_steps']} steps, "
+             f"lr {t['lr_student']} / {t['lr_seg_blocks']} / {t['lr_seg_head']}, {t['precision']}, seed {summary['seed']}",
+             f"  data       {summary['data']['root']} ({summary['data']['format']}, category {summary['data']['category'] or '-'})"]
+    if summary["metrics"]:
+        names = {"image_auroc": "img AUROC", "pixel_auroc": "pix AUROC", "pixel_ap": "pix AP", "aupro": "AUPRO", "iap": "IAP", "iap90": "IAP@90"}
+        lines.append("  metrics    " + ", ".join(f"{label} {100 * summary['metrics'][k]:.2f}" for k, label in names.items()
+                                               if k in summary["metrics"]))
+    for name, th in summary["thresholds"].items():
+        if th:
+            lines.append(f"  {name:<10} image {th['image']:.4f}, pixel {th['pixel']:.4f} at {100 * th['target_fpr']:g} % target false alarms, "
+                         f"{len(th['calibration_images'])} held-out images, {th.get('precision') or 'precision not recorded'}")
+    if summary["trained"]:
+        tr = summary["trained"]
+        versions = ", ".join(f"{k} {v}" for k, v in (tr.get("versions") or {}).items())
+        lines.append(f"  trained    {tr['seconds'] / 60:.1f} min on {tr['device']} ({tr['precision']}); {versions}")
+    lines.append("  files      " + ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in summary["files"].items()))
+    return "\n".join(lines)

@@ -20,15 +20,28 @@ THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLDS = {"image": 0.5, "pixel": 0.5}
 
 
-def load_thresholds(run_dir: str | Path) -> dict[str, float]:
-    """The image and pixel thresholds ``predict`` applies: ``thresholds.json``, else the 0.5 defaults."""
-    path = Path(run_dir) / THRESHOLDS_FILE
+def thresholds_file(precision: str) -> str:
+    """``thresholds.json`` for fp32 (the decision precision), ``thresholds-<precision>.json`` for another one."""
+    return THRESHOLDS_FILE if precision == "fp32" else f"thresholds-{precision}.json"
+
+
+def load_thresholds(run_dir: str | Path, precision: str = "fp32") -> dict[str, Any]:
+    """The image and pixel thresholds for scores computed in ``precision``, and the precision they were set in.
+
+    fp32 without a file (a run trained without held-out images): the 0.5 defaults. Another precision
+    without its own file: an error saying how to set them. ``"precision"`` is None in a file written
+    before thresholds recorded it.
+    """
+    path = Path(run_dir) / thresholds_file(precision)
     if not path.is_file():
-        return dict(DEFAULT_THRESHOLDS)
+        if precision != "fp32":
+            raise PfadsegError(f"{run_dir}: no thresholds for {precision} scores; set them with "
+                               f"`pfadseg calibrate --run {run_dir} --precision {precision}`, or predict in fp32")
+        return {**DEFAULT_THRESHOLDS, "precision": "fp32"}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {"image": float(data["image"]), "pixel": float(data["pixel"])}
-    except (ValueError, KeyError, TypeError) as err:
+        return {"image": float(data["image"]), "pixel": float(data["pixel"]), "precision": data.get("precision")}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise PfadsegError(f"{path}: unreadable thresholds ({err})") from None
 
 

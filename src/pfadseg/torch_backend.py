@@ -1,4 +1,4 @@
-"""Inference through PyTorch from a run directory: the run's device, precision and thresholds."""
+"""Inference through PyTorch from a run directory, with the thresholds set for the chosen precision."""
 
 from __future__ import annotations
 
@@ -16,17 +16,15 @@ from pfadseg.training.runtime import compile_fixed_batch, to_device
 class TorchBackend:
     """A run directory as a prediction backend: RGB uint8 batches at the trained size → maps and scores."""
 
-    name = "pytorch"
-
-    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str | None = None, compile_batch: int | None = None) -> None:
-        """``compile_batch``: run through ``torch.compile``, compiled once for batches of this size."""
+    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "fp32", compile_batch: int | None = None) -> None:
+        """``precision``: fp32 (the decision precision) or bf16 (faster; needs its own thresholds, see ``pfadseg calibrate``).
+        ``compile_batch``: run through ``torch.compile``, compiled once for batches of this size."""
+        self.thresholds = load_thresholds(run_dir, precision)
         self.run = load_run(run_dir, device, precision)
         self.image_size = self.run.config.train.image_size
-        self.thresholds = load_thresholds(run_dir)
         self.deployed = DeployedModel(self.run.model, self.run.config.train.eval_size).eval()
         self.forward = self.deployed if compile_batch is None else compile_fixed_batch(self.deployed, compile_batch)
-        if compile_batch is not None:
-            self.name = "pytorch, compiled"
+        self.name = f"pytorch {precision}" + (", compiled" if compile_batch is not None else "")
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

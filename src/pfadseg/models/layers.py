@@ -46,7 +46,7 @@ class _GridMean(torch.autograd.Function):
     The same values as ``adaptive_avg_pool2d``; the backward writes the gradient in one dense pass in
     the input's memory format. PyTorch's own backward hands back a broadcast (or, in channels_last,
     a reformatted) gradient that autograd then adds to the input's other gradients in a slow strided
-    pass: together 0.29 s of a 2.47 s channels_last bf16 student forward + backward on a CPU (docs/performance.md).
+    pass (docs/performance.md, "SPR, AFF and ASPP pool with a dense backward").
     """
 
     @staticmethod

@@ -20,9 +20,8 @@ def trains_well_channels_last(module: nn.Module) -> bool:
     """False when, in bf16 + channels_last on a CPU, oneDNN (as shipped with PyTorch 2.13) trains ``module`` wrongly or slowly.
 
     Wrongly: a dilated conv whose input channels are not a multiple of 16 gets NaN/inf weight
-    gradients (measured at 24 and 40 channels, the EfficientNet-Lite0 teacher's widths, dilations 2
-    and 3; 48, 64 and 112 are exact). Slowly: batch norm over such a width (4x slower forward and
-    backward at 24 channels than contiguous).
+    gradients (at 24 and 40 channels, the EfficientNet-Lite0 teacher's widths; 48, 64 and 112 are
+    exact). Slowly: batch norm over such a width, several times slower than contiguous.
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and m.in_channels % 16:

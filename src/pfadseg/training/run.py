@@ -26,7 +26,7 @@ from pfadseg.rundir import CHECKPOINT_FILE, RUN_INFO_FILE, absolute_paths, check
 from pfadseg.thresholds import THRESHOLDS_FILE
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed, init_distributed
-from pfadseg.training.runtime import Precision, resolve_device, resolve_precision
+from pfadseg.training.runtime import DECISION_PRECISION, Precision, resolve_device, resolve_precision
 from pfadseg.training.trainer import Trainer
 
 
@@ -110,7 +110,7 @@ def train(
     if not distributed.is_main:  # rank 0 writes the run; the others wait for it and leave
         distributed.barrier()
         return TrainResult(run_dir, config, None, time.perf_counter() - started, summary, model)
-    evaluation = _finish(model, config, data, precision, device, run_dir, progress, log)
+    evaluation = _finish(model, config, data, device, run_dir, progress, log)
     seconds = time.perf_counter() - started
     write_json_atomic(run_dir / RUN_INFO_FILE, {"seconds": seconds, "resumed": resume, **summary,
                                                 "device": str(device), "precision": precision.name,
@@ -143,15 +143,19 @@ def _log_plan(config: RunConfig, trainer: Trainer, device: torch.device, log: Ca
         log(f"data-parallel over {trainer.distributed.world_size} processes, {trainer.batches.batch_size} images each per step")
 
 
-def _finish(model: PFADSeg, config: RunConfig, data: RunData, precision: Precision, device: torch.device, run_dir: Path,
+def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.device, run_dir: Path,
             progress: bool, log: Callable[[str], None]) -> Evaluation | None:
-    """Save the model, then evaluate on the test split, calibrate on the held-out images and write their files."""
+    """Save the model, then evaluate on the test split, calibrate on the held-out images and write their files.
+
+    Both in the decision precision, exactly as ``pfadseg test``, ``predict`` and the ONNX export compute scores.
+    """
     save_model(model, config, run_dir)
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     evaluation = None
     recipe = config.train
-    if data.splits.test:  # with the inference precision, exactly as `pfadseg test` will run it
-        model.to(memory_format=precision.memory_format())
+    precision = DECISION_PRECISION
+    model.to(memory_format=precision.memory_format())
+    if data.splits.test:
         evaluation = evaluate(model, data.splits.test, recipe.image_size, recipe.eval_size, precision, device,
                               recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress)
     if data.held_out:

@@ -55,8 +55,22 @@ class Precision:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
+#: Every score that an OK/NG decision or a threshold uses: fp32 and contiguous, as the ONNX export computes it,
+#: so that a run, its ONNX file and the Python API decide alike and a score does not depend on its batch mates.
+DECISION_PRECISION = Precision(None, channels_last=False)
+#: Inference for throughput: bf16 autocast, channels_last. Its scores differ slightly, so it has thresholds of its own.
+INFERENCE_PRECISIONS = {"fp32": DECISION_PRECISION, "bf16": Precision(torch.bfloat16, channels_last=True)}
+
+
+def inference_precision(name: str) -> Precision:
+    """``fp32`` (the decision precision) or ``bf16`` (faster where the hardware has it)."""
+    if name not in INFERENCE_PRECISIONS:
+        raise PfadsegError(f"unknown inference precision {name!r}: expected {' or '.join(INFERENCE_PRECISIONS)}")
+    return INFERENCE_PRECISIONS[name]
+
+
 def resolve_precision(precision: str, channels_last: bool, device: torch.device) -> Precision:
-    """``auto`` → bf16 autocast where the hardware runs it natively (CUDA, bf16-capable CPUs), else fp32."""
+    """Training precision: ``auto`` → bf16 autocast where the hardware runs it natively (CUDA, bf16-capable CPUs), else fp32."""
     if precision == "fp32":
         return Precision(None, channels_last)
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()

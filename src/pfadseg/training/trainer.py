@@ -1,4 +1,4 @@
-"""The two-stage training loop (SPEC section 6) with exact resume.
+"""The two-stage training loop (docs/design.md §6) with exact resume.
 
 Stage 1 trains the student to reproduce, from a synthetic image, the teacher's features of the
 clean image; stage 2 freezes the student and trains the segmentation network on the
@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from tqdm.auto import tqdm
 
 from pfadseg.checkpoint import CONFIG_FILE, load_state_strict, load_tensors, metadata_json, save_tensors
 from pfadseg.config import RunConfig
@@ -25,6 +24,7 @@ from pfadseg.errors import PfadsegError
 from pfadseg.fileio import write_text_atomic
 from pfadseg.models import PFADSeg
 from pfadseg.models.pfadseg import cosine_distance, segmentation_input
+from pfadseg.progress import progress_bar
 from pfadseg.rundir import CHECKPOINT_FILE, LOG_FILE
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed
@@ -102,10 +102,9 @@ class Trainer:
         self.student_net = self.distributed.wrap(model.student)
         self.segmentation_net = self.distributed.wrap(model.segmentation)
         if config.train.compile:
-            # Fuses the segmentation net's element-wise work (PA blocks, RCM) into its convolutions:
-            # the stage-2 step, which dominates training, runs 1.24x faster at 256², batch 16 on a CPU (docs/performance.md).
-            # The student stays eager: compiling it takes minutes for a few percent, and inductor's
-            # channels_last layouts meet the oneDNN bf16 gradient bug that contiguous_islands avoids.
+            # Fuses the segmentation net's element-wise work (PA blocks, RCM) into its convolutions: stage 2 dominates
+            # training. The student stays eager: compiling it takes minutes for little, and inductor's channels_last
+            # layouts meet the oneDNN bf16 gradient bug that the contiguous islands avoid (docs/performance.md).
             self.segmentation_net = torch.compile(self.segmentation_net)
         self._compile_hint = f"train without it: --set train.compile=false, or compile: false in {run_dir / CONFIG_FILE} and --resume"
         self.optimizers = Optimizers.create(model, config)
@@ -187,7 +186,7 @@ class Trainer:
         recipe = self.config.train
         main = self.distributed.is_main  # only rank 0 shows progress, logs and checkpoints
         summary: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="it", dynamic_ncols=True)
+        bar = progress_bar(self.total_steps, "train", "steps", enabled=progress and main, initial=self.step)
         with (self.run_dir / LOG_FILE).open("a", encoding="utf-8") if main else contextlib.nullcontext() as log:
             while self.step < self.total_steps:
                 stage = self.stage(self.step)
@@ -203,7 +202,7 @@ class Trainer:
                 key = "student" if stage == 1 else "segmentation"
                 summary[f"{key}_seconds"] = summary.get(f"{key}_seconds", 0.0) + seconds
                 summary[f"{key}_loss"] = loss
-                bar.set_description(f"stage {stage} ({key})")
+                bar.set_description(f"train (stage {stage}, {key})")
                 bar.set_postfix(loss=f"{loss:.4f}")
                 bar.update(1)
                 if main and (self.step % recipe.log_every == 0 or self.step == self.total_steps):

