@@ -18,6 +18,7 @@ class OnnxBackend:
     """An exported model as a prediction backend, with the thresholds stored in the file at export."""
 
     name = "onnxruntime"
+    precision = "fp32"
 
     def __init__(self, path: str | Path) -> None:
         try:

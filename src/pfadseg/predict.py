@@ -53,11 +53,13 @@ def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
 class Backend(Protocol):
     """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,).
 
-    ``thresholds``: image and pixel thresholds, and the precision of the scores they were set on (None: unknown).
+    ``precision``: what the scores are computed in; ``thresholds``: image and pixel thresholds, and the
+    precision of the scores they were set on (None: unknown).
     """
 
     name: str
     image_size: int
+    precision: str
     thresholds: dict[str, Any]
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
@@ -84,11 +86,10 @@ def open_backend(model: str | Path, device: str = "auto", compile: bool = False,
 def threshold_warning(backend: Backend) -> str | None:
     """A warning when the thresholds were set on scores of another (or an unknown) precision than the backend computes."""
     precision = backend.thresholds.get("precision")
-    computed = "bf16" if backend.name.startswith("pytorch bf16") else "fp32"
-    if precision == computed:
+    if precision == backend.precision:
         return None
     return (f"the thresholds were set on {precision or 'scores of an unrecorded precision (an earlier pfadseg)'}, these scores are "
-            f"{computed}: decisions near a threshold may differ; set them again with `pfadseg calibrate`")
+            f"{backend.precision}: decisions near a threshold may differ; set them again with `pfadseg calibrate`")
 
 
 class Predictor:

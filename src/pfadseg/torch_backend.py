@@ -19,6 +19,7 @@ class TorchBackend:
     def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "fp32", compile_batch: int | None = None) -> None:
         """``precision``: fp32 (the decision precision) or bf16 (faster; needs its own thresholds, see ``pfadseg calibrate``).
         ``compile_batch``: run through ``torch.compile``, compiled once for batches of this size."""
+        self.precision = precision
         self.thresholds = load_thresholds(run_dir, precision)
         self.run = load_run(run_dir, device, precision)
         self.image_size = self.run.config.train.image_size
