@@ -30,7 +30,6 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0
-    loss_from_logits: bool = False  # stage-2 focal loss in log space: no dead gradient when the sigmoid saturates
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the segmentation net for stage 2 (faster after a one-off compilation)
@@ -71,8 +70,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # rates, the focal loss in log space lets a saturated one recover (DeSTSeg's did not, under the
     # official clamped loss; docs/benchmarks.md, "PFADSeg against DeSTSeg ... session 6").
     "fast": {"image_size": 128, "batch_size": 8, "student_steps": 300, "segmentation_steps": 300,
-             "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 30, "checkpoint_every": 100,
-             "loss_from_logits": True},
+             "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 30, "checkpoint_every": 100},
     # About 30 minutes per category on a 2-core CPU: a larger input and about twice fast's steps.
     # The clamped focal loss as published: the log-space one measured worse here (docs/benchmarks.md).
     "cpu30": {"image_size": 160, "batch_size": 8, "student_steps": 600, "segmentation_steps": 700,
@@ -82,8 +80,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # With the signed-output student both segmentation nets saturated under the clamped focal loss;
     # the loss in log space trains them (docs/benchmarks.md, "The student's output layers").
     "demo": {"image_size": 128, "batch_size": 8, "student_steps": 150, "segmentation_steps": 150,
-             "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 15, "checkpoint_every": 100,
-             "loss_from_logits": True},
+             "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 15, "checkpoint_every": 100},
     # Seconds: for tests.
     "debug": {"image_size": 64, "batch_size": 4, "student_steps": 4, "segmentation_steps": 4, "checkpoint_every": 2, "log_every": 1},
 }
@@ -194,5 +191,6 @@ def run_config_from_yaml(path: str | Path) -> RunConfig:
     """A saved run's configuration. Runs saved before calibration existed held nothing out (holdout 0)."""
     data = load_yaml(path)
     data.setdefault("calibration", {"holdout": 0.0})
+    data.get("train", {}).pop("loss_from_logits", None)  # a training option of older runs, since removed; inference never used it
     return from_dict(RunConfig, data)
 

@@ -27,8 +27,7 @@ class HeadConfig:
 class SegmentationNet(nn.Module):
     """Teacher–student similarities (``segmentation_input``, ``in_channels`` at 1/4 size) → anomaly logit (1 channel).
 
-    The sigmoid is applied by the model (:meth:`PFADSeg.segment`); training takes the logits so that
-    its loss keeps a gradient where the sigmoid saturates (see ``training.losses.focal_loss_from_logits``).
+    The sigmoid is applied by the model (:meth:`PFADSeg.segment`) and by the training loss.
     """
 
     def __init__(self, in_channels: int, block: BlockConfig, head: HeadConfig, width: int = 256) -> None:

@@ -30,27 +30,9 @@ def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> tor
     return (ce * (1 - p_t) ** gamma).mean()
 
 
-def focal_loss_from_logits(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
-    """The same focal loss computed in log space from the logits (``train.loss_from_logits``).
-
-    Equal to :func:`focal_loss` of ``sigmoid(logits)`` where the sigmoid does not saturate. Beyond
-    about −27 (defect pixels) or +17 (normal pixels) the official loss has no gradient left; in log
-    space a wrongly saturated pixel keeps a gradient of about 1.
-    """
-    z = logits.float()
-    log_p, log_not_p = F.logsigmoid(z), F.logsigmoid(-z)
-    ce = -(target * log_p + (1 - target) * log_not_p)
-    p_t = torch.exp(torch.where(target > 0.5, log_p, log_not_p))
-    return (ce * (1 - p_t) ** gamma).mean()
-
-
-def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 4.0, from_logits: bool = False) -> torch.Tensor:
-    """Stage 2: focal (γ = 4) + L1 on the probability, weights 1 : 1, against the mask resized to the output's size.
-
-    ``from_logits``: the focal term in log space (keeps a gradient where the sigmoid saturates).
-    """
+def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
+    """Stage 2: focal (γ = 4) + L1 on the probability, weights 1 : 1, against the mask resized to the output's size."""
     with torch.autocast(logits.device.type, enabled=False):  # float32; CUDA autocast refuses binary_cross_entropy
         target = downsample_mask(mask, logits.shape[-2:])
         p = torch.sigmoid(logits.float())
-        focal = focal_loss_from_logits(logits, target, gamma) if from_logits else focal_loss(p, target, gamma)
-        return focal + (p - target).abs().mean()
+        return focal_loss(p, target, gamma) + (p - target).abs().mean()

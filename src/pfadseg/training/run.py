@@ -172,7 +172,7 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
 
 def saturation_remedies(train: TrainConfig) -> str:
     """What to change after a saturated segmentation network, leaving out what the run already did."""
-    remedies = [] if train.loss_from_logits else ["--set train.loss_from_logits=true"]
+    remedies = []
     if train.seg_warmup_steps == 0:
         remedies.append(f"--set train.seg_warmup_steps={max(1, train.segmentation_steps // 10)}")
     return ", ".join(remedies + ["lower segmentation learning rates (--set train.lr_seg_blocks=..., train.lr_seg_head=...)"])

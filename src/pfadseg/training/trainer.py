@@ -142,7 +142,7 @@ class Trainer:
         recipe = self.config.train
         with self.precision.autocast(self.device), compile_errors(self._compile_hint):
             logits = self.segmentation_net(segmentation_input(*self.model.features(synthetic)))
-            loss = segmentation_loss(logits, mask, recipe.focal_gamma, recipe.loss_from_logits)
+            loss = segmentation_loss(logits, mask, recipe.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.seg_warmup_steps > 0:  # a function of the step alone, so resume stays exact
