@@ -61,27 +61,21 @@ class RunConfig:
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # The published recipe: hours on a 2-core CPU, minutes on a GPU.
+    # The published recipe (docs/design.md §6): hours per category on a 2-core CPU, minutes on a GPU.
     "paper": {},
-    # Short budgets: the paper's head learning rate (0.01) leaves the segmentation net far from
-    # converged after a few hundred steps; 0.4 for the whole net measured best (docs/benchmarks.md).
+    # The short budgets below shrink the input, batch and step counts, train the whole segmentation
+    # net at lr 0.4 (0.1 / 0.01 move too little in a few hundred steps) and warm stage 2 up over its
+    # first 10 % of steps; the evidence for each is in README "Training presets" and docs/benchmarks.md.
     # About 10 minutes per category on a 2-core CPU.
-    # The stage-2 warm-up (10 % of the steps) makes the segmentation net saturate less often at these
-    # rates, the focal loss in log space lets a saturated one recover (DeSTSeg's did not, under the
-    # official clamped loss; docs/benchmarks.md, "PFADSeg against DeSTSeg ... session 6").
     "fast": {"image_size": 128, "batch_size": 8, "student_steps": 300, "segmentation_steps": 300,
              "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 30, "checkpoint_every": 100},
-    # About 30 minutes per category on a 2-core CPU: a larger input and about twice fast's steps.
-    # The clamped focal loss as published: the log-space one measured worse here (docs/benchmarks.md).
+    # About 25 minutes per category on a 2-core CPU: a larger input and about twice fast's steps.
     "cpu30": {"image_size": 160, "batch_size": 8, "student_steps": 600, "segmentation_steps": 700,
               "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 70, "checkpoint_every": 100},
-    # The demo's budget: both built-in categories within the README's 10 minutes on a 2-core CPU;
-    # without the warm-up its results swung with bf16 rounding (docs/benchmarks.md, open findings).
-    # With the signed-output student both segmentation nets saturated under the clamped focal loss;
-    # the loss in log space trains them (docs/benchmarks.md, "The student's output layers").
+    # `pfadseg demo`: both built-in categories in under 10 minutes on a 2-core CPU.
     "demo": {"image_size": 128, "batch_size": 8, "student_steps": 150, "segmentation_steps": 150,
              "lr_seg_blocks": 0.4, "lr_seg_head": 0.4, "seg_warmup_steps": 15, "checkpoint_every": 100},
-    # Seconds: for tests.
+    # A few steps at 64²: for tests (about a minute, mostly reading and evaluating).
     "debug": {"image_size": 64, "batch_size": 4, "student_steps": 4, "segmentation_steps": 4, "checkpoint_every": 2, "log_every": 1},
 }
 
