@@ -99,6 +99,19 @@ def test_predict_writes_maps_overlays_masks_and_decisions(trained_run: Path, tmp
     assert all((float(r["score"]) >= threshold) == (r["decision"] == "NG") for r in rows)
 
 
+def test_predict_searches_folders_recursively_and_mirrors_them(trained_run: Path, tmp_path: Path):
+    images = tmp_path / "test"  # the MVTec layout: one subfolder per defect type
+    for sub in ("good", "crack", ".hidden"):
+        (images / sub).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(images / sub / "000.png")
+    out = images / "predictions"  # an output folder inside the input is not read back as input
+    for _ in range(2):
+        assert main(["predict", "--run", str(trained_run), str(images), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sorted(Path(r["image"]).relative_to(images).as_posix() for r in rows) == ["crack/000.png", "good/000.png"]
+    assert (out / "crack" / "000_map.npy").is_file() and (out / "good" / "000_overlay.png").is_file()
+
+
 def test_predict_skips_unreadable_files_with_a_warning(trained_run: Path, tmp_path: Path, capsys):
     images = tmp_path / "in"
     images.mkdir()

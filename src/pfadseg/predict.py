@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from pfadseg.data.images import list_images, read_image, resize_image, resize_map
+from pfadseg.data.images import find_images, read_image, resize_image, resize_map
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.progress import Progress, progress_bar
@@ -34,14 +34,14 @@ class Prediction:
     is_anomalous: bool
 
 
-def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
-    """Files and folders (searched recursively) → (image path, output-relative path), in a stable order."""
+def collect_inputs(inputs: list[str | Path], out_dir: Path | None = None) -> list[tuple[Path, Path]]:
+    """Files and folders (searched recursively, ``out_dir`` left out) → (image path, output-relative path), in a stable order."""
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            images = list_images(item)
+            images = find_images(item, skip=out_dir)
             if not images:
-                raise PfadsegError(f"{item}: no images in this folder")
+                raise PfadsegError(f"{item}: no images in this folder or below it")
             found.extend((p, p.relative_to(item)) for p in images)
         elif item.is_file():
             found.append((item, Path(item.name)))
@@ -151,7 +151,7 @@ def predict_to_folder(
     if batch_size < 1:
         raise PfadsegError(f"--batch-size must be at least 1, got {batch_size}")
     predictor = Predictor(open_backend(model, device, compile, batch_size, precision))
-    items = collect_inputs(inputs)
+    items = collect_inputs(inputs, out_dir)
     started = time.perf_counter()
     bar = progress_bar(len(items), f"predict ({predictor.backend.name})", "images", enabled=progress)
     warning = threshold_warning(predictor.backend)

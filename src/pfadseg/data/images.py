@@ -294,6 +294,22 @@ def normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(out) or IMAGE_EXTENSIONS
 
 
+def find_images(root: Path, skip: Path | None = None) -> list[Path]:
+    """Image files under ``root`` at any depth, sorted by relative path; hidden files and folders, and
+    anything under ``skip`` (e.g. an output folder inside the input), are left out."""
+    skip = skip.resolve() if skip is not None else None
+    files = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or any(part.startswith(".") for part in rel.parts):
+            continue
+        if skip is not None and p.resolve().is_relative_to(skip):
+            continue
+        if p.is_file():
+            files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
 def list_images(folder: Path, extensions: Iterable[str] | None = None) -> list[Path]:
     """Image files directly inside ``folder`` (not recursive), sorted by file name."""
     exts = normalise_extensions(extensions)

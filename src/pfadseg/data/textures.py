@@ -20,21 +20,16 @@ import torch
 from PIL import Image
 
 from pfadseg.data.datasets import DataConfig
-from pfadseg.data.images import IMAGE_EXTENSIONS, parallel_map, read_image
+from pfadseg.data.images import IMAGE_EXTENSIONS, find_images, parallel_map, read_image
 from pfadseg.errors import PfadsegError
 
 
 def find_texture_files(path: str | os.PathLike) -> list[Path]:
-    """Image files under ``path`` (recursive, hidden files skipped), sorted by relative path."""
+    """Image files under ``path`` (recursive, hidden files and folders skipped), sorted by relative path."""
     root = Path(path)
     if not root.is_dir():
         raise PfadsegError(f"{root}: texture folder does not exist")
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    ]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    return find_images(root)
 
 
 def load_texture_folder(
