@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from pfadseg.cli import main
-from pfadseg.config import RunConfig, merge, parse_override, preset_config
+from pfadseg.config import RunConfig, merge, parse_override, preset_config, run_config_from_yaml
 from pfadseg.errors import PfadsegError
 from pfadseg.metrics import METRIC_KEYS
 
@@ -125,10 +126,6 @@ def test_saved_config_round_trips(trained_run: Path):
 
 
 def test_a_run_saved_with_the_removed_log_space_loss_option_still_loads(trained_run: Path, tmp_path: Path):
-    import shutil
-
-    from pfadseg.config import run_config_from_yaml
-
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
     text = (copy / "config.yaml").read_text()

@@ -172,10 +172,10 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
 
 def saturation_remedies(train: TrainConfig) -> str:
     """What to change after a saturated segmentation network, leaving out what the run already did."""
-    remedies = []
-    if train.seg_warmup_steps == 0:
-        remedies.append(f"--set train.seg_warmup_steps={max(1, train.segmentation_steps // 10)}")
-    return ", ".join(remedies + ["lower segmentation learning rates (--set train.lr_seg_blocks=..., train.lr_seg_head=...)"])
+    lower_rates = "lower segmentation learning rates (--set train.lr_seg_blocks=..., train.lr_seg_head=...)"
+    if train.seg_warmup_steps > 0:
+        return lower_rates
+    return f"--set train.seg_warmup_steps={max(1, train.segmentation_steps // 10)}, {lower_rates}"
 
 
 def _silent(message: str) -> None:
