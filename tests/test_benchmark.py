@@ -62,7 +62,8 @@ def test_benchmark_end_to_end_reuses_finished_runs(tiny_mvtec: Path, tmp_path: P
     assert [(r["variant"], r["seed"]) for r in runs] == [("pfadseg", 0), ("pfadseg", 1), ("destseg", 0), ("destseg", 1)]
     for r in runs:  # each record is its run's own metrics.json, with config and wall time
         saved = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
-        assert r["metrics"] == {k: saved[k] for k in METRIC_KEYS} and r["student_teacher"] == saved["student_teacher"]
+        assert r["metrics"] == {k: saved[k] for k in METRIC_KEYS} and r["branches"] == saved["branches"]
+        assert r["output"] == saved["output"] == "segmentation" and r["metrics"] == r["branches"]["segmentation"]
         assert r["seconds"] > 0 and r["config"]["seed"] == r["seed"]
         assert r["curves"]["image_roc"]["x"][0] == 0 and r["curves"]["image_roc"]["y"][-1] == 1
     # the summary is the mean and sample std of the two seeds

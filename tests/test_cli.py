@@ -16,7 +16,7 @@ from pfadseg.cli import build_parser, main
 from pfadseg.data.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["info", "train", "test", "predict", "export", "calibrate", "demo", "benchmark", "preview-synthesis"]
+COMMANDS = ["info", "train", "test", "predict", "export", "calibrate", "bank", "demo", "benchmark", "preview-synthesis"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -20,7 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from pfadseg.checkpoint import MODEL_FILE
-from pfadseg.config import TRAIN_PRESETS, DataConfig, RunConfig, TrainConfig, dump_yaml, from_dict, load_yaml, merge, parse_override, to_dict
+from pfadseg.config import (
+    TRAIN_PRESETS,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    default_bank,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_override,
+    to_dict,
+)
 from pfadseg.environment import environment
 from pfadseg.errors import PfadsegError
 from pfadseg.evaluate import Evaluation, evaluate_run
@@ -108,7 +120,7 @@ class BenchmarkResults:
         """Record a finished run (and draw its best and worst cases when ``gallery`` names their file); rewrite every results file."""
         info = json.loads((run_dir / RUN_INFO_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_INFO_FILE).is_file() else {}
         self.records.append(RunRecord(dataset, variant, seed, str(run_dir), info.get("seconds"), evaluation.metrics,
-                                      evaluation.student_teacher_metrics, curves(evaluation), json.loads(json.dumps(to_dict(config)))))
+                                      evaluation.output, evaluation.branch_metrics, curves(evaluation), json.loads(json.dumps(to_dict(config)))))
         if gallery is not None:
             gallery_cases(evaluation, self.out / "gallery" / f"{gallery}.json", dataset, variant, seed, load_thresholds(run_dir)["image"])
         write_results(self.out, self.records, self.preset, time.perf_counter() - self.started, self.title)
@@ -120,7 +132,7 @@ def _run_config(dataset: BenchmarkDataset, variant: str, seed: int, preset: str,
     if preset not in TRAIN_PRESETS:
         raise PfadsegError(f"unknown training preset {preset!r}; known: {', '.join(TRAIN_PRESETS)}")
     config = RunConfig(model=variant_config(variant, teacher), train=TrainConfig(**TRAIN_PRESETS[preset]),
-                       data=dataset.data, seed=seed, device=device)
+                       data=dataset.data, bank=default_bank(variant, preset), seed=seed, device=device)
     for text in overrides:
         config = merge(config, parse_override(text))
     return absolute_paths(config)

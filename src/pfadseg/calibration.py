@@ -39,7 +39,8 @@ def calibrate(
     """
     recipe = config.train
     fpr = config.calibration.target_fpr if target_fpr is None else target_fpr
-    maps, scores, _, _ = infer(model, load_images(held_out, recipe.image_size, cache), precision, device, recipe.eval_size, recipe.eval_batch_size)
+    maps, scores = infer(model, load_images(held_out, recipe.image_size, cache), precision, device, recipe.eval_size,
+                         recipe.eval_batch_size)[model.output_branch]
     result: dict = {"image": fpr_threshold(scores.numpy(), fpr), "pixel": fpr_threshold(maps.numpy(), fpr), "target_fpr": fpr,
                     "precision": precision.name, "calibration_images": [s.rel_path for s in held_out],
                     "smallest_image_fpr": 1 / len(held_out)}

@@ -1,4 +1,4 @@
-"""The ``pfadseg`` command: info, train, test, predict, export, calibrate, demo, benchmark, preview-synthesis.
+"""The ``pfadseg`` command: info, train, test, predict, export, calibrate, bank, demo, benchmark, preview-synthesis.
 
 Every user-fixable problem surfaces as one line on stderr and a non-zero exit, never a traceback.
 """
@@ -89,13 +89,6 @@ def _config_from_args(args: argparse.Namespace):
     return config
 
 
-def format_table(evaluation) -> str:
-    """Metrics of the segmentation map and of the student–teacher diagnostic map, in percent."""
-    from pfadseg.evaluate import format_metrics_table
-
-    return format_metrics_table({"segmentation map": evaluation.metrics, "student-teacher map": evaluation.student_teacher_metrics})
-
-
 # ---------------------------------------------------------------------------------- commands
 
 
@@ -146,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\nrun: {result.run_dir}  ({result.seconds / 60:.1f} min; student {s.get('student_seconds', 0) / 60:.1f} min, "
           f"segmentation {s.get('segmentation_seconds', 0) / 60:.1f} min)")
     if result.evaluation is not None:
-        print(format_table(result.evaluation))
+        from pfadseg.evaluate import branches_table
+
+        print(branches_table(result.evaluation))
         print(f"metrics: {result.run_dir / 'metrics.json'}")
     return 0
 
@@ -157,7 +152,7 @@ def _default_run_dir(config) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from pfadseg.evaluate import evaluate_run, save_maps
+    from pfadseg.evaluate import branches_table, evaluate_run, save_maps
     from pfadseg.rundir import load_run_config
 
     data = None
@@ -168,7 +163,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from pfadseg.thresholds import decision_rates, format_rates, load_thresholds, thresholds_file
 
     evaluation = evaluate_run(args.run, data, device=args.device, progress=not args.quiet, compile=args.compile, precision=args.precision)
-    print(format_table(evaluation))
+    print(branches_table(evaluation))
     if args.precision == "fp32" or (Path(args.run) / thresholds_file(args.precision)).is_file():
         thresholds = load_thresholds(args.run, args.precision)
         labels = [s.label for s in evaluation.samples]
@@ -205,6 +200,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pfadseg.calibration import format_calibration, recalibrate
 
     print(format_calibration(recalibrate(args.run, args.target_fpr, device=args.device, progress=not args.quiet, precision=args.precision)))
+    return 0
+
+
+def cmd_bank(args: argparse.Namespace) -> int:
+    from pfadseg.bank import rebuild_bank
+    from pfadseg.config import parse_override
+
+    overrides: dict[str, Any] = {}
+    for text in args.set or []:
+        key, _, value = text.partition("=")
+        overrides.update(parse_override(f"{key.removeprefix('bank.')}={value}"))
+    rebuild_bank(args.run, overrides, device=args.device, progress=not args.quiet)
     return 0
 
 
@@ -356,6 +363,17 @@ def _calibrate_parser(sub) -> None:
     p.set_defaults(func=cmd_calibrate)
 
 
+def _bank_parser(sub) -> None:
+    p = sub.add_parser("bank", help="give a trained run a memory bank of its training patches and fuse its kNN map with the "
+                       "segmentation map (then evaluate and set the thresholds again)")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a bank setting, e.g. bank.max_size=8192 (fraction, max_size, "
+                   "projection, pool, blur_sigma; repeatable)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_bank)
+
+
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: build demo data, train, evaluate, draw pictures and report.html (no downloads)")
     p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")
@@ -403,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfadseg", description="PFADSeg anomaly detection and segmentation.")
     parser.add_argument("--version", action="version", version=f"pfadseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_info_parser, _train_parser, _test_parser, _predict_parser, _export_parser, _calibrate_parser, _demo_parser,
+    for add in (_info_parser, _train_parser, _test_parser, _predict_parser, _export_parser, _calibrate_parser, _bank_parser, _demo_parser,
                 _benchmark_parser, _preview_parser):
         add(sub)
     return parser

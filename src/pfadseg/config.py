@@ -13,6 +13,7 @@ from pfadseg.data.datasets import DataConfig
 from pfadseg.data.synthesis import SynthesisConfig
 from pfadseg.errors import PfadsegError
 from pfadseg.models.architecture import MODEL_PRESETS, ModelConfig
+from pfadseg.models.memory_bank import BankConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
     seed: int = 0
     device: str = "auto"
 
@@ -80,13 +82,23 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Training budgets whose PFADSeg runs fuse a memory bank by default; `paper` and the `destseg` model keep the paper's output.
+BANK_PRESETS = ("fast", "cpu30", "demo")
+
+
+def default_bank(model_preset: str, train_preset: str) -> BankConfig:
+    """The memory-bank setting of a model preset (or benchmark variant) under a training preset."""
+    return BankConfig(enabled=model_preset == "pfadseg" and train_preset in BANK_PRESETS)
+
+
 def preset_config(model_preset: str = "pfadseg", train_preset: str = "paper") -> RunConfig:
     """A RunConfig from a model preset (architecture) and a training preset (budget)."""
     if model_preset not in MODEL_PRESETS:
         raise PfadsegError(f"unknown model preset {model_preset!r}; known: {', '.join(MODEL_PRESETS)}")
     if train_preset not in TRAIN_PRESETS:
         raise PfadsegError(f"unknown training preset {train_preset!r}; known: {', '.join(TRAIN_PRESETS)}")
-    return RunConfig(model=MODEL_PRESETS[model_preset], train=TrainConfig(**TRAIN_PRESETS[train_preset]))
+    return RunConfig(model=MODEL_PRESETS[model_preset], train=TrainConfig(**TRAIN_PRESETS[train_preset]),
+                     bank=default_bank(model_preset, train_preset))
 
 
 def to_dict(config: Any) -> Any:

@@ -24,16 +24,41 @@ from pfadseg.training.runtime import Precision, compile_fixed_batch, to_device
 
 @dataclass
 class Evaluation:
-    """Maps, scores and metrics of one test split, all at the evaluation size."""
+    """Maps, scores and metrics of one test split, all at the evaluation size.
+
+    ``maps``, ``scores`` and ``metrics`` are the output branch's (the one that decides); ``branches``
+    holds every map the model computes (segmentation, student–teacher, and kNN and fused with a memory bank).
+    """
 
     samples: list[Sample]
-    maps: np.ndarray  # (N, S, S) float32, segmentation output
-    scores: np.ndarray  # (N,) image scores
-    student_teacher_maps: np.ndarray  # (N, S, S) float32, the distillation-only diagnostic map
-    student_teacher_scores: np.ndarray
+    output: str  # the name of the output branch
+    branches: dict[str, BranchResult]
     masks: np.ndarray  # (N, S, S) bool
+
+    @property
+    def maps(self) -> np.ndarray:
+        return self.branches[self.output].maps
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.branches[self.output].scores
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.branches[self.output].metrics
+
+    @property
+    def branch_metrics(self) -> dict[str, dict[str, float]]:
+        return {name: branch.metrics for name, branch in self.branches.items()}
+
+
+@dataclass
+class BranchResult:
+    """One branch's maps (N, S, S) float32, image scores (N,) and the six metrics."""
+
+    maps: np.ndarray
+    scores: np.ndarray
     metrics: dict[str, float]
-    student_teacher_metrics: dict[str, float]
 
 
 @torch.no_grad()
@@ -46,28 +71,26 @@ def infer(
     batch_size: int = 16,
     progress: bool = False,
     compile: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 images (N,3,H,W) → segmentation maps and scores, student–teacher maps and scores, on the CPU.
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images (N,3,H,W) → every branch's maps (N, S, S) and scores (N,), on the CPU, by branch name.
 
     ``compile``: run the model through ``torch.compile`` (faster for many images; compiling takes minutes).
     """
     model.eval()
     size = (output_size, output_size)
-    forward = compile_fixed_batch(model.forward_with_diagnostic, batch_size) if compile else model.forward_with_diagnostic
-    maps, scores, st_maps, st_scores = [], [], [], []
+    forward = compile_fixed_batch(model.forward_branches, batch_size) if compile else model.forward_branches
+    parts: list[list[torch.Tensor]] = []
     bar = progress_bar(len(images), "evaluate", "images", enabled=progress)
     for start in range(0, len(images), batch_size):
         x = to_device(images[start : start + batch_size], device).float().div_(255)
         x = x.contiguous(memory_format=precision.memory_format())
         with precision.autocast(device):
-            anomaly_map, score, st_map, st_score = forward(x, size)
-        maps.append(anomaly_map[:, 0].cpu())
-        scores.append(score.cpu())
-        st_maps.append(st_map[:, 0].cpu())
-        st_scores.append(st_score.cpu())
+            outputs = forward(x, size)
+        parts.append([o[:, 0].cpu() if o.dim() == 4 else o.cpu() for o in outputs])
         bar.update(len(x))
     bar.close()
-    return torch.cat(maps), torch.cat(scores), torch.cat(st_maps), torch.cat(st_scores)
+    merged = [torch.cat(column) for column in zip(*parts)]
+    return {name: (merged[2 * i], merged[2 * i + 1]) for i, name in enumerate(model.branches)}
 
 
 def evaluate(
@@ -83,23 +106,26 @@ def evaluate(
     progress: bool = True,
     compile: bool = False,
 ) -> Evaluation:
-    """Score every test sample; ground truth at ``eval_size`` (bilinear resize, threshold 0.5)."""
+    """Score every test sample with every branch; ground truth at ``eval_size`` (bilinear resize, threshold 0.5)."""
     cache = ImageCache() if cache is None else cache
     images = load_images(samples, image_size, cache)
     masks = load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
-    outputs = infer(model, images, precision, device, eval_size, batch_size, progress, compile)
-    maps, scores, st_maps, st_scores = (tensor.numpy() for tensor in outputs)
     labels = np.array([s.label for s in samples])
-    return Evaluation(
-        samples=samples,
-        maps=maps,
-        scores=scores,
-        student_teacher_maps=st_maps,
-        student_teacher_scores=st_scores,
-        masks=masks,
-        metrics=evaluate_maps(maps, masks, scores, labels),
-        student_teacher_metrics=evaluate_maps(st_maps, masks, st_scores, labels),
-    )
+    branches = {}
+    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile).items():
+        maps, scores = maps.numpy(), scores.numpy()
+        branches[name] = BranchResult(maps, scores, evaluate_maps(maps, masks, scores, labels))
+    return Evaluation(samples=samples, output=model.output_branch, branches=branches, masks=masks)
+
+
+BRANCH_LABELS = {"fused": "fused map", "segmentation": "segmentation map", "knn": "kNN map", "student_teacher": "student-teacher map"}
+
+
+def branches_table(evaluation: Evaluation) -> str:
+    """Every branch's metrics in percent, the output branch first and marked."""
+    order = [evaluation.output] + [b for b in BRANCH_LABELS if b in evaluation.branches and b != evaluation.output]
+    return format_metrics_table({BRANCH_LABELS[b] + (" (output)" if b == evaluation.output and len(order) > 2 else ""):
+                                 evaluation.branches[b].metrics for b in order})
 
 
 def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
@@ -128,10 +154,10 @@ def save_maps(evaluation: Evaluation, out_dir: Path) -> None:
 
 
 def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE, precision: str = "fp32") -> None:
-    """``metrics.json``: the six metrics (fractions), the student–teacher diagnostic, and what the
+    """``metrics.json``: the output's six metrics (fractions), every branch's under ``branches``, and what the
     run's OK/NG thresholds for ``precision`` decide on these test images (when the run has them)."""
     labels = np.array([s.label for s in evaluation.samples], dtype=bool)
-    payload = {**evaluation.metrics, "student_teacher": evaluation.student_teacher_metrics, "precision": precision}
+    payload = {**evaluation.metrics, "output": evaluation.output, "branches": evaluation.branch_metrics, "precision": precision}
     if precision == "fp32" or (Path(run_dir) / thresholds_file(precision)).is_file():
         payload["decisions"] = decision_rates(evaluation.scores, labels, load_thresholds(run_dir, precision)["image"])
     write_json_atomic(run_dir / name, payload)

@@ -22,8 +22,9 @@ class RunRecord:
     seed: int
     run_dir: str
     seconds: float | None
-    metrics: dict[str, float]
-    student_teacher: dict[str, float]
+    metrics: dict[str, float]  # the output branch's
+    output: str  # which branch decides: segmentation, or fused with a memory bank
+    branches: dict[str, dict[str, float]]  # every branch's metrics: segmentation, student_teacher, and knn, fused with a bank
     curves: dict[str, dict[str, list[float]]]
     config: dict[str, Any]
 
@@ -74,9 +75,14 @@ def results_table(records: list[RunRecord]) -> str:
 
 
 def runs_table(records: list[RunRecord]) -> str:
-    """Every run on its own line: metrics in percent and the wall time of training + evaluation."""
-    lines = ["| run | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " | minutes |", "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
+    """Every run on its own lines, one per map it computes (the output first): metrics in percent and the wall time of
+    training + evaluation."""
+    lines = ["| run | map | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " | minutes |",
+             "|---|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
     for r in records:
         minutes = f"{r.seconds / 60:.1f}" if r.seconds is not None else "?"
-        lines.append(f"| {Path(r.run_dir).name} | " + " | ".join(f"{100 * r.metrics[k]:.2f}" for k in METRIC_KEYS) + f" | {minutes} |")
+        rows = [(f"{r.output} (output)", r.metrics)] + [(name, m) for name, m in r.branches.items() if name != r.output]
+        for label, metrics in rows:
+            lines.append(f"| {Path(r.run_dir).name} | {label} | " + " | ".join(f"{100 * metrics[k]:.2f}" for k in METRIC_KEYS)
+                         + f" | {minutes} |")
     return "\n".join(lines)

@@ -21,6 +21,8 @@ from pfadseg.checkpoint import CONFIG_FILE, MODEL_FILE, load_state_strict, load_
 from pfadseg.config import RunConfig, run_config_from_yaml, to_dict
 from pfadseg.errors import PfadsegError
 from pfadseg.models import PFADSeg, build_model
+from pfadseg.models.fusion import Fusion
+from pfadseg.models.memory_bank import MemoryBank
 from pfadseg.training.runtime import Precision, inference_precision, resolve_device
 from pfadseg.version import __version__
 
@@ -86,6 +88,10 @@ def load_run(run_dir: str | Path, device: str = "auto", precision: str = "fp32")
     config = load_run_config(run_dir)
     state = load_tensors(run_dir / MODEL_FILE)
     model = build_model(config.model, pretrained=False)
+    if "memory_bank.patches" in state:  # slots of the saved bank's size, for the strict load below
+        model.memory_bank = MemoryBank.empty(*state["memory_bank.patches"].shape, config.bank.blur_sigma)
+    if "fusion.knn_weight" in state:
+        model.fusion = Fusion()
     load_state_strict(model, state, run_dir / MODEL_FILE)
     dev = resolve_device(device)
     prec = inference_precision(precision)
@@ -115,6 +121,8 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
                                                             "lr_student", "lr_seg_blocks", "lr_seg_head", "precision")},
         "data": {"root": config.data.root, "category": config.data.category, "format": config.data.format},
         "seed": config.seed,
+        "memory_bank": None if model.memory_bank is None else {"patches": len(model.memory_bank.patches),
+                                                                "megabytes": model.memory_bank.megabytes, "output": model.output_branch},
         "metrics": _read_json(run.run_dir / METRICS_FILE),
         "thresholds": {p.name: _read_json(p) for p in sorted(run.run_dir.glob("thresholds*.json"))},
         "files": {p.name: p.stat().st_size for p in sorted(run.run_dir.iterdir()) if p.is_file() and not p.name.startswith(".")},
@@ -132,6 +140,9 @@ def describe_run(summary: dict[str, Any]) -> str:
              f"  training   {t['image_size']}², batch {t['batch_size']}, {t['student_steps']} + {t['segmentation_steps']} steps, "
              f"lr {t['lr_student']} / {t['lr_seg_blocks']} / {t['lr_seg_head']}, {t['precision']}, seed {summary['seed']}",
              f"  data       {summary['data']['root']} ({summary['data']['format']}, category {summary['data']['category'] or '-'})"]
+    if summary["memory_bank"]:
+        bank = summary["memory_bank"]
+        lines.append(f"  bank       {bank['patches']:,d} patches ({bank['megabytes']:.1f} MB); output: the {bank['output']} map")
     if summary["metrics"]:
         names = {"image_auroc": "img AUROC", "pixel_auroc": "pix AUROC", "pixel_ap": "pix AP", "aupro": "AUPRO", "iap": "IAP", "iap90": "IAP@90"}
         lines.append("  metrics    " + ", ".join(f"{label} {100 * summary['metrics'][k]:.2f}" for k, label in names.items()

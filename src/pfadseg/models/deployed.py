@@ -12,9 +12,9 @@ from pfadseg.models.pfadseg import PFADSeg
 class DeployedModel(nn.Module):
     """uint8 RGB ``(N, 3, H, W)`` at the trained size → map ``(N, 1, H, W)`` float32 and score ``(N,)``.
 
-    Scaling to [0, 1] and the teacher's normalisation happen inside, and the score is computed
-    exactly as ``pfadseg test`` computes it (top-k mean of the map at the evaluation size), so this
-    one module serves the PyTorch predictor and the ONNX export alike.
+    Scaling to [0, 1] and the teacher's normalisation happen inside, and map and score are computed
+    exactly as ``pfadseg test`` computes them (the output branch at the evaluation size; the score a
+    top-k mean), so this one module serves the PyTorch predictor and the ONNX export alike.
     """
 
     def __init__(self, model: PFADSeg, eval_size: int) -> None:
@@ -23,6 +23,5 @@ class DeployedModel(nn.Module):
         self.eval_size = eval_size
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.model.segment(image.float() / 255.0).float()
-        _, score = self.model.scored_map(p, (self.eval_size, self.eval_size))
-        return F.interpolate(p, size=image.shape[-2:], mode="bilinear", align_corners=False), score
+        anomaly_map, score = self.model(image.float() / 255.0, (self.eval_size, self.eval_size))
+        return F.interpolate(anomaly_map, size=image.shape[-2:], mode="bilinear", align_corners=False), score

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pfadseg.models.architecture import ModelConfig
+from pfadseg.models.fusion import Fusion
+from pfadseg.models.memory_bank import MemoryBank
 from pfadseg.models.segmentation import SegmentationNet
 from pfadseg.models.student import Student
 from pfadseg.models.teachers import Teacher, build_teacher
@@ -61,6 +63,18 @@ class PFADSeg(nn.Module):
         self.teacher = teacher
         self.student = Student(teacher.channels, config.block, config.zero_init_last_bn, linear_student_outputs(config, teacher))
         self.segmentation = SegmentationNet(sum(teacher.channels), config.block, config.head)
+        self.memory_bank: MemoryBank | None = None  # set after training when the run has one (config.bank)
+        self.fusion: Fusion | None = None  # set with the bank when normal images were held out to fit it
+
+    @property
+    def branches(self) -> list[str]:
+        """The maps this model computes, in the order of :meth:`forward_branches`."""
+        return ["segmentation", "student_teacher"] + ["knn"] * (self.memory_bank is not None) + ["fused"] * (self.fusion is not None)
+
+    @property
+    def output_branch(self) -> str:
+        """The branch that decides: the fused map when the model has one, else the segmentation map (the paper's)."""
+        return "fused" if self.fusion is not None else "segmentation"
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features of the same image (no gradients: for stage 2 and inference)."""
@@ -91,16 +105,30 @@ class PFADSeg(nn.Module):
         return anomaly_map, self.image_score(anomaly_map)
 
     def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
-        return self.scored_map(self.segment(images), tuple(images.shape[-2:]) if output_size is None else output_size)
-
-    def forward_with_diagnostic(
-        self, images: torch.Tensor, output_size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Segmentation map and score plus the student–teacher map and score, from one feature pass."""
+        """Inference: the output branch's anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
+        size = tuple(images.shape[-2:]) if output_size is None else output_size
+        if self.fusion is None:
+            return self.scored_map(self.segment(images), size)
         teacher_feats, student_feats = self.features(images)
-        p = torch.sigmoid(self.segmentation(segmentation_input(teacher_feats, student_feats)))
-        return (*self.scored_map(p, output_size), *self.scored_map(distance_product(teacher_feats, student_feats), output_size))
+        seg = self.scored_map(torch.sigmoid(self.segmentation(segmentation_input(teacher_feats, student_feats))), size)
+        return self.fusion(*seg, *self.knn_scored_map(teacher_feats, size))
+
+    def knn_scored_map(self, teacher_feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory bank's nearest-patch distance map at ``size`` and its image score."""
+        knn_map = self.memory_bank(teacher_feats, size)
+        return knn_map, self.image_score(knn_map)
+
+    def forward_branches(self, images: torch.Tensor, output_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Map and score of every branch in :attr:`branches` order (map₁, score₁, map₂, ...), from one feature pass."""
+        teacher_feats, student_feats = self.features(images)
+        seg = self.scored_map(torch.sigmoid(self.segmentation(segmentation_input(teacher_feats, student_feats))), output_size)
+        outputs = [*seg, *self.scored_map(distance_product(teacher_feats, student_feats), output_size)]
+        if self.memory_bank is not None:
+            knn = self.knn_scored_map(teacher_feats, output_size)
+            outputs += knn
+            if self.fusion is not None:
+                outputs += self.fusion(*seg, *knn)
+        return tuple(outputs)
 
 
 def build_model(config: ModelConfig, pretrained: bool = True, teacher_weights: str | None = None) -> PFADSeg:

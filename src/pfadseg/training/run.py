@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pfadseg.bank import add_memory_bank
 from pfadseg.calibration import calibrate, format_calibration
 from pfadseg.checkpoint import CONFIG_FILE
 from pfadseg.config import RunConfig, TrainConfig, dump_yaml
@@ -145,7 +146,8 @@ def _log_plan(config: RunConfig, trainer: Trainer, device: torch.device, log: Ca
 
 def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.device, run_dir: Path,
             progress: bool, log: Callable[[str], None]) -> Evaluation | None:
-    """Save the model, then evaluate on the test split, calibrate on the held-out images and write their files.
+    """Save the model (with its memory bank when configured), then evaluate on the test split, calibrate on the held-out
+    images and write their files.
 
     Both in the decision precision, exactly as ``pfadseg test``, ``predict`` and the ONNX export compute scores.
     """
@@ -155,6 +157,10 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
     recipe = config.train
     precision = DECISION_PRECISION
     model.to(memory_format=precision.memory_format())
+    if config.bank.enabled:
+        held_out_images = load_images(data.held_out, recipe.image_size, data.cache)
+        log(add_memory_bank(model, data.train_images, held_out_images, config, device, progress).summary())
+        save_model(model, config, run_dir)
     if data.splits.test:
         evaluation = evaluate(model, data.splits.test, recipe.image_size, recipe.eval_size, precision, device,
                               recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress)
@@ -164,7 +170,7 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
         log(format_calibration(thresholds))
     if evaluation is not None:
         write_metrics(run_dir, evaluation)
-        if np.ptp(evaluation.maps) < 1e-6:  # a saturated sigmoid: (almost) one value everywhere
+        if np.ptp(evaluation.branches["segmentation"].maps) < 1e-6:  # a saturated sigmoid: (almost) one value everywhere
             log("warning: the anomaly map is (almost) zero everywhere, or otherwise constant: the segmentation network's output saturated during "
                 f"training and these metrics mean nothing; retrain with {saturation_remedies(recipe)} (docs/benchmarks.md)")
     return evaluation

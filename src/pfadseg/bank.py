@@ -1,0 +1,108 @@
+"""Adding a memory bank to a trained model: gather the teacher's patch features, select a coreset, fit the fusion.
+
+Runs after training (``pfadseg train`` with ``bank.enabled``) or on an existing run (``pfadseg bank``). The bank
+holds patches of the normal *training* images only; the fusion's statistics come only from the normal images
+held out of training, the same ones that set the OK/NG thresholds, so no test image influences either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfadseg.calibration import format_calibration, recalibrate
+from pfadseg.checkpoint import CONFIG_FILE
+from pfadseg.config import RunConfig, dump_yaml, merge
+from pfadseg.data.datasets import holdout_split, load_images, load_splits
+from pfadseg.evaluate import evaluate_run, infer
+from pfadseg.fileio import write_text_atomic
+from pfadseg.models import PFADSeg
+from pfadseg.models.fusion import Fusion
+from pfadseg.models.memory_bank import build_memory_bank, patch_features
+from pfadseg.progress import progress_bar
+from pfadseg.rundir import load_run, save_model
+from pfadseg.training.runtime import DECISION_PRECISION, to_device
+
+
+@dataclass
+class BankReport:
+    """What building a bank did: sizes, time, and whether the output is fused."""
+
+    patches: int  # training patches the coreset chose from
+    kept: int
+    megabytes: float
+    seconds: float
+    fused: bool
+
+    def summary(self) -> str:
+        text = (f"memory bank: {self.kept:,d} of {self.patches:,d} training patches ({100 * self.kept / self.patches:.1f} %), "
+                f"{self.megabytes:.1f} MB, built in {self.seconds:.1f} s; ")
+        if self.fused:
+            return text + ("the output is now the fused map: segmentation + kNN, the kNN map rescaled to vary as much as the "
+                           "segmentation map over the held-out normal images")
+        return text + NO_FUSION
+
+
+NO_FUSION = ("no fusion: no normal images were held out of training (calibration.holdout is 0), and the maps can only be put on a "
+             "common scale with normal images the model has not seen; the output stays the segmentation map (the kNN map is "
+             "reported beside it). Train with --holdout 0.1 to fuse")
+
+
+@torch.no_grad()
+def gather_patches(model: PFADSeg, images: torch.Tensor, device: torch.device, batch_size: int = 16) -> torch.Tensor:
+    """Patch features (M, D) float32 of uint8 images (N, 3, H, W), computed in the decision precision (fp32)."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        x = to_device(images[start : start + batch_size], device).float().div_(255)
+        feats = patch_features(model.teacher(x))
+        rows.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
+    return torch.cat(rows)
+
+
+def add_memory_bank(model: PFADSeg, train_images: torch.Tensor, held_out_images: torch.Tensor, config: RunConfig,
+                    device: torch.device, progress: bool = True) -> BankReport:
+    """Give ``model`` a bank of ``train_images``' patches and, with held-out images, the fusion fitted on them."""
+    started = time.perf_counter()
+    model.eval()
+    model.fusion = None
+    patches = gather_patches(model, train_images, device, config.train.eval_batch_size)
+    bank_config = config.bank
+    bar = progress_bar(min(bank_config.max_size, round(bank_config.fraction * len(patches)), bank_config.pool), "memory bank",
+                       "patches", enabled=progress)
+    bank, total = build_memory_bank(patches, bank_config, config.seed, bar.update)
+    bar.close()
+    model.memory_bank = bank.to(device)
+    if len(held_out_images):
+        branches = infer(model, held_out_images, DECISION_PRECISION, device, config.train.eval_size, config.train.eval_batch_size)
+        fusion = Fusion().to(device)
+        fusion.fit(*zip(*(branches[name] for name in ("segmentation", "knn"))))
+        model.fusion = fusion
+    return BankReport(total, len(bank.patches), bank.megabytes, time.perf_counter() - started, model.fusion is not None)
+
+
+def rebuild_bank(run_dir: str | Path, overrides: dict[str, Any] | None = None, device: str = "auto", progress: bool = True,
+                 log: Callable[[str], None] = print) -> BankReport:
+    """``pfadseg bank``: (re)build an existing run's bank with ``config.bank`` plus ``overrides``, then evaluate and calibrate again.
+
+    The new weights, configuration and thresholds replace the old ones only once each is complete.
+    """
+    run = load_run(run_dir, device, "fp32")
+    config: RunConfig = merge(run.config, {"bank": {**(overrides or {}), "enabled": True}})
+    splits = load_splits(config.data)
+    train_samples, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
+    size = config.train.image_size
+    report = add_memory_bank(run.model, load_images(train_samples, size), load_images(held_out, size), config, run.device, progress)
+    log(report.summary())
+    save_model(run.model, config, run.run_dir)
+    write_text_atomic(run.run_dir / CONFIG_FILE, dump_yaml(config))
+    if held_out:
+        log("setting the thresholds again, on the new output")
+        log(format_calibration(recalibrate(run.run_dir, device=device, progress=progress)))
+    elif splits.test:
+        evaluate_run(run.run_dir, device=device, progress=progress)
+    return report

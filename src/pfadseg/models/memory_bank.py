@@ -1,0 +1,155 @@
+"""A training-free memory bank of the frozen teacher's patch features (PatchCore-style), and its nearest-neighbour map.
+
+Every normal training patch is described by the teacher's 1/8 and 1/16 features, each averaged
+over its 3×3 neighbourhood, the 1/16 map upsampled to the 1/8 grid and concatenated. A greedy
+k-centre coreset keeps a small subset that still covers them all; a test patch's anomaly value is
+its Euclidean distance to the nearest kept patch. See docs/design.md, "Memory bank and fusion".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Query rows per distance block: bounds the (rows × bank) float32 matrix of the eager search to a few hundred MB.
+QUERY_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """Whether a run gets a memory bank, how it is subsampled, and how its map is smoothed."""
+
+    enabled: bool = False  # build a bank after training and fuse its kNN map with the segmentation map
+    fraction: float = 0.1  # share of the training patches the coreset keeps ...
+    max_size: int = 8192  # ... but at most this many: the search cost per image grows with the bank
+    projection: int = 64  # the coreset selects on a random projection to this many dimensions (faster, nearly the same choice)
+    pool: int = 32768  # the coreset selects among at most this many patches drawn at random (bounds the build time)
+    blur_sigma: float = 4.0  # Gaussian blur of the kNN map, in pixels of a 256² map (scaled with the map's size)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"bank.fraction must be in (0, 1], got {self.fraction}")
+        if self.max_size < 1 or self.projection < 1 or self.pool < 1:
+            raise ValueError("bank.max_size, bank.projection and bank.pool must be positive")
+        if self.blur_sigma < 0:
+            raise ValueError(f"bank.blur_sigma must be ≥ 0, got {self.blur_sigma}")
+
+
+def patch_features(teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+    """The teacher's 1/8 and 1/16 maps, 3×3-averaged, on the 1/8 grid and concatenated: (N, C8 + C16, H/8, W/8), float32."""
+    mid, deep = (F.avg_pool2d(f.float(), 3, stride=1, padding=1, count_include_pad=False) for f in teacher_feats[1:3])
+    deep = F.interpolate(deep, size=mid.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([mid, deep], dim=1)
+
+
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each query row to its nearest bank row, float32: (Q, D), (K, D), (K,) → (Q,).
+
+    The nearest row is found with ‖q − b‖² = ‖q‖² + ‖b‖² − 2 q·b (one matrix product), its distance then
+    taken directly from q − b: the expanded form cancels badly for near neighbours, and this way two
+    backends agree to float32 rounding. Float32 whatever autocast says (bf16 would lose the small distances).
+    """
+    with torch.autocast(queries.device.type, enabled=False):
+        queries = queries.float()
+        if torch.compiler.is_exporting():  # one product: a dynamic batch cannot be split in a traced graph
+            rows = [queries]
+        else:
+            rows = queries.split(QUERY_CHUNK)
+        nearest = torch.cat([torch.addmm(bank_sq, q, bank.t(), alpha=-2).argmin(dim=1) for q in rows])
+        return (queries - bank[nearest]).square().sum(dim=1).sqrt()
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian of radius ⌈4σ⌉, float32."""
+    radius = max(1, math.ceil(4 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) float32 maps, edges replicated (σ ≤ 0: unchanged)."""
+    if sigma <= 0:
+        return maps
+    kernel = gaussian_kernel(sigma).to(maps.device)
+    r = len(kernel) // 2
+    out = F.conv2d(F.pad(maps, (r, r, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), kernel.view(1, 1, -1, 1))
+
+
+def greedy_coreset(features: torch.Tensor, size: int, projection: int, generator: torch.Generator,
+                   on_progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Indices of ``size`` rows chosen by greedy k-centre selection (each next row the one farthest from those chosen).
+
+    Distances are taken on a random Gaussian projection to ``projection`` dimensions (Johnson–Lindenstrauss: nearly
+    the same distances, several times faster); the first row is drawn at random. ``on_progress(n)`` is told every
+    1,024 selections.
+    """
+    n, dim = features.shape
+    size = min(size, n)
+    x = features.float()
+    if projection < dim:
+        x = x @ torch.randn(dim, projection, generator=generator).to(x.device) / math.sqrt(projection)
+    squared = x.square().sum(dim=1)
+    distance_to = lambda i: torch.addmv(squared, x, x[i], alpha=-2).add_(squared[i])  # noqa: E731 - one pass over x
+    first = int(torch.randint(n, (1,), generator=generator))
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = first
+    min_dist = distance_to(first)
+    for i in range(1, size):
+        nxt = int(min_dist.argmax())
+        chosen[i] = nxt
+        torch.minimum(min_dist, distance_to(nxt), out=min_dist)
+        if on_progress is not None and i % 1024 == 0:
+            on_progress(1024)
+    return chosen
+
+
+class MemoryBank(nn.Module):
+    """Coreset patches of the normal training images; maps a batch's teacher features to nearest-patch distances."""
+
+    def __init__(self, patches: torch.Tensor, blur_sigma: float) -> None:
+        super().__init__()
+        self.register_buffer("patches", patches.float().contiguous())
+        self.blur_sigma = blur_sigma  # a setting (config.bank), not a weight
+
+    @classmethod
+    def empty(cls, size: int, dim: int, blur_sigma: float) -> MemoryBank:
+        """A bank of the given shape to load saved weights into."""
+        return cls(torch.zeros(size, dim), blur_sigma)
+
+    @property
+    def megabytes(self) -> float:
+        return self.patches.numel() * self.patches.element_size() / 2**20
+
+    def forward(self, teacher_feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Nearest-patch distance of every patch, upsampled (bilinear) to ``size`` and blurred: (N, 1, *size) float32."""
+        feats = patch_features(teacher_feats)
+        n, dim, h, w = feats.shape
+        queries = feats.permute(0, 2, 3, 1).reshape(-1, dim)
+        bank_sq = self.patches.square().sum(dim=1)
+        distances = nearest_distances(queries, self.patches, bank_sq).view(n, 1, h, w)
+        distances = F.interpolate(distances, size=size, mode="bilinear", align_corners=False)
+        return gaussian_blur(distances, self.blur_sigma * min(size) / 256)
+
+
+@torch.no_grad()
+def build_memory_bank(patches: torch.Tensor, config: BankConfig, seed: int,
+                      on_progress: Callable[[int], None] | None = None) -> tuple[MemoryBank, int]:
+    """A bank from all training patches (M, D): a random pool of at most ``config.pool``, then the greedy coreset.
+
+    Returns the bank and M. The kept size is ``fraction`` of M, at most ``max_size``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    total = len(patches)
+    size = max(1, min(config.max_size, round(config.fraction * total)))
+    pool = patches
+    if total > config.pool:
+        pool = patches[torch.randperm(total, generator=generator)[: config.pool].to(patches.device)]
+    chosen = greedy_coreset(pool, size, config.projection, generator, on_progress).to(pool.device)
+    return MemoryBank(pool[chosen], config.blur_sigma), total
