@@ -14,10 +14,10 @@ from PIL import Image
 from pfadseg.benchmark import BenchmarkResults
 from pfadseg.config import preset_config
 from pfadseg.data.datasets import Sample
-from pfadseg.evaluate import Evaluation
+from pfadseg.evaluate import BranchResult, Evaluation
 from pfadseg.metrics import evaluate_maps
 from pfadseg.thresholds import THRESHOLDS_FILE
-from pfadseg.visualize import Case, colorize, decision, labelled_rows
+from pfadseg.visualize import GAP, Case, colorize, decision, labelled_rows
 
 WHITE = np.array([255, 255, 255])
 TILE_COLOUR = (40, 170, 200)
@@ -102,8 +102,9 @@ class _StrictPage(HTMLParser):
             self.headings.append(data)
 
 
-def _evaluation(root: Path, rng: np.random.Generator, size: int = 32) -> Evaluation:
-    """Four good and four defective test images on disk, with masks, maps and scores that roughly agree."""
+def _evaluation(root: Path, rng: np.random.Generator, size: int = 32, fused: bool = False) -> Evaluation:
+    """Four good and four defective test images on disk, with masks, maps and scores that roughly agree;
+    ``fused``: as a run with a memory bank reports them (segmentation, kNN and fused maps)."""
     samples, masks, maps = [], [], []
     for n in range(8):
         defective = n % 2 == 1
@@ -117,8 +118,12 @@ def _evaluation(root: Path, rng: np.random.Generator, size: int = 32) -> Evaluat
     maps_array, masks_array = np.stack(maps), np.stack(masks)
     scores = maps_array.max(axis=(1, 2))
     labels = np.array([s.label for s in samples])
-    metrics = evaluate_maps(maps_array, masks_array, scores, labels)
-    return Evaluation(samples, maps_array, scores, maps_array, scores, masks_array, metrics, metrics)
+    branch = lambda m, s: BranchResult(m, s, evaluate_maps(m, masks_array, s, labels))  # noqa: E731
+    branches = {"segmentation": branch(maps_array, scores), "student_teacher": branch(maps_array, scores)}
+    if fused:
+        knn = np.roll(maps_array, 1, axis=-1)
+        branches |= {"knn": branch(knn, scores), "fused": branch(maps_array + 0.5 * knn, 1.5 * scores)}
+    return Evaluation(samples, "fused" if fused else "segmentation", branches, masks_array)
 
 
 def test_recorded_runs_make_a_self_contained_report(tmp_path: Path):
@@ -131,7 +136,8 @@ def test_recorded_runs_make_a_self_contained_report(tmp_path: Path):
         run_dir.mkdir(parents=True)
         (run_dir / THRESHOLDS_FILE).write_text(json.dumps({"image": threshold, "pixel": 0.5}))
         (tmp_path / dataset).mkdir()
-        results.add(dataset, "pfadseg", 0, preset_config("pfadseg", "debug"), run_dir, _evaluation(tmp_path / dataset, rng), gallery=dataset)
+        results.add(dataset, "pfadseg", 0, preset_config("pfadseg", "debug"), run_dir,
+                    _evaluation(tmp_path / dataset, rng, fused=dataset == "washer"), gallery=dataset)
 
     saved = json.loads((out / "results.json").read_text())
     assert [r["dataset"] for r in saved["runs"]] == list(thresholds)
@@ -147,6 +153,13 @@ def test_recorded_runs_make_a_self_contained_report(tmp_path: Path):
         cases += gallery["cases"]
     assert {c["decision"] for c in cases} == {"OK", "NG"}
     assert len(page.images) == len(cases) > 0
+    widths = []
     for src in page.images:  # inline, and each a labelled picture wider than its three tiles
         assert src.startswith("data:image/jpeg;base64,")
-        assert Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).width > 3 * 32
+        widths.append(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).width)
+        assert widths[-1] > 3 * 32
+    # the fused run's pictures show the segmentation and kNN maps too: two tiles (and their gaps) wider
+    plain, fused = (widths[i] for i in (0, -1))
+    assert fused - plain == 2 * (32 + GAP)
+    table = (out / "results.md").read_text()
+    assert "| washer | fused (output) |" in table and "| washer | knn |" in table and "| fabric | segmentation (output) |" in table

@@ -53,11 +53,21 @@ def select_cases(evaluation: Evaluation, count: int = 4) -> list[tuple[str, int,
 
 
 def evaluation_cases(evaluation: Evaluation, indices: list[int]) -> list[Case]:
-    """The test images at ``indices`` with their ground truth, map, defect type and score, at the evaluation size."""
+    """The test images at ``indices`` with their ground truth, map, defect type and score, at the evaluation size.
+
+    With a fused output, the segmentation map and the kNN map's share of the fused map (fused − segmentation,
+    i.e. the kNN map times its fusion weight, on the same scale) are drawn beside it.
+    """
     samples = [evaluation.samples[i] for i in indices]
     images = load_images(samples, evaluation.maps.shape[-1]).permute(0, 2, 3, 1).numpy()
-    return [Case(image, evaluation.masks[i], evaluation.maps[i], sample.defect_type, float(evaluation.scores[i]))
-            for image, i, sample in zip(images, indices, samples)]
+    cases = []
+    for image, i, sample in zip(images, indices, samples):
+        parts: tuple[tuple[str, np.ndarray], ...] = ()
+        if evaluation.output == "fused":
+            seg = evaluation.branches["segmentation"].maps[i]
+            parts = (("segmentation", seg), ("kNN (weighted)", evaluation.maps[i] - seg))
+        cases.append(Case(image, evaluation.masks[i], evaluation.maps[i], sample.defect_type, float(evaluation.scores[i]), parts))
+    return cases
 
 
 def gallery_cases(evaluation: Evaluation, path: Path, dataset: str, variant: str, seed: int, threshold: float) -> None:

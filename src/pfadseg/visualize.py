@@ -41,9 +41,10 @@ def outline(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (
     return out
 
 
-def comparison_tiles(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The image, the image with the ground truth outlined in green, and the heat-map overlay."""
-    return image, outline(image, mask, (0, 255, 0)), overlay(image, anomaly_map)
+def comparison_tiles(case: Case) -> list[np.ndarray]:
+    """The image, the image with the ground truth outlined in green, and a heat-map overlay per map (the output's last)."""
+    maps = [m for _, m in case.branch_maps] + [case.anomaly_map]
+    return [case.image, outline(case.image, case.mask, (0, 255, 0))] + [overlay(case.image, m) for m in maps]
 
 
 # ---------------------------------------------------------------------------------- labelled rows
@@ -69,6 +70,7 @@ class Case:
     anomaly_map: np.ndarray  # (H, W) float, 0 to 1
     defect_type: str  # "good" for a normal image
     score: float
+    branch_maps: tuple[tuple[str, np.ndarray], ...] = ()  # (title, map) of the maps fused into anomaly_map, drawn before it
 
 
 def decision(score: float, threshold: float) -> str:
@@ -79,6 +81,8 @@ def decision(score: float, threshold: float) -> str:
 def labelled_rows(cases: Sequence[Case], threshold: float) -> Image.Image:
     """image | ground truth | anomaly map for each case under column titles, with a colour bar for the maps.
 
+    Cases with ``branch_maps`` get a column for each before the anomaly map (all cases alike, as the first).
+
     Above each row a caption names the defect type (or "good"), the image score and the OK/NG
     decision at ``threshold``, so that a picture can be read without the run that made it.
     """
@@ -86,7 +90,8 @@ def labelled_rows(cases: Sequence[Case], threshold: float) -> Image.Image:
     h, w = cases[0].image.shape[:2]
     line = font.getbbox("Ag")[3]
     header, caption = line + GAP, line + 2 * GAP
-    columns = [MARGIN + c * (w + GAP) for c in range(len(COLUMN_TITLES))]
+    titles = COLUMN_TITLES[:2] + tuple(title for title, _ in cases[0].branch_maps) + COLUMN_TITLES[2:]
+    columns = [MARGIN + c * (w + GAP) for c in range(len(titles))]
     bar_left = columns[-1] + w + 2 * GAP
     tick_labels = [f"{t:g}" for t in COLOUR_BAR_TICKS]
     width = bar_left + BAR_WIDTH + GAP + max(font.getbbox(t)[2] for t in tick_labels) + MARGIN
@@ -94,12 +99,12 @@ def labelled_rows(cases: Sequence[Case], threshold: float) -> Image.Image:
     height = top + len(cases) * (caption + h) + (len(cases) - 1) * GAP + MARGIN
     picture = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(picture)
-    for left, title in zip(columns, COLUMN_TITLES):
+    for left, title in zip(columns, titles):
         draw.text((left + w // 2, MARGIN), title, fill=INK, font=font, anchor="mt")
     for n, case in enumerate(cases):
         row_top = top + n * (caption + h + GAP)
         _draw_caption(draw, font, case, threshold, (MARGIN, row_top, columns[-1] + w, row_top + caption))
-        for left, tile in zip(columns, comparison_tiles(case.image, case.mask, case.anomaly_map)):
+        for left, tile in zip(columns, comparison_tiles(case)):
             picture.paste(Image.fromarray(tile), (left, row_top + caption))
     _draw_colour_bar(picture, draw, font, (bar_left, top + caption), h, tick_labels)
     return picture
