@@ -6,7 +6,8 @@ presets, measured side by side against this machine's own matrix-multiply peak.
 For each preset: stage-1 and stage-2 training step times at batch 16 (fp32 eager, the reference
 implementations' way; bf16 autocast with the memory format training uses, and contiguous; bf16
 with the segmentation net compiled as ``train.compile`` does), inference images/s at batch 1 and
-32 (fp32 eager; bf16 + channels_last; bf16 contiguous; bf16 + channels_last under torch.compile),
+32 (fp32 eager; bf16 + channels_last; bf16 contiguous; bf16 + channels_last under torch.compile;
+for pfadseg also bf16 + channels_last with a full-size memory bank, the fused output's cost),
 peak RSS of a fresh process predicting single images from a run directory (as `pfadseg predict`), and achieved FLOP/s (2 x counted MACs x
 images/s) as a fraction of the measured bf16 and fp32 matmul peaks. Every figure is the median
 of several timed repeats after warm-up, with min and max. Writes DIR/speed.json and DIR/speed.md.
@@ -37,6 +38,8 @@ from pfadseg.data.textures import load_texture_source
 from pfadseg.environment import environment
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.models import build_model
+from pfadseg.models.fusion import Fusion
+from pfadseg.models.memory_bank import BankConfig, MemoryBank
 from pfadseg.models.summary import summarize
 from pfadseg.rundir import save_model
 from pfadseg.training.batches import BatchMaker
@@ -183,6 +186,13 @@ def peak_rss(model: torch.nn.Module, config: RunConfig) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+def add_random_bank(model: torch.nn.Module, patches: int, device: torch.device) -> None:
+    """Give ``model`` a memory bank of ``patches`` random patch features and a fusion: the search costs what a real bank's does."""
+    dim = sum(model.teacher.channels[1:])
+    model.memory_bank = MemoryBank(torch.randn(patches, dim), BankConfig().blur_sigma).to(device)
+    model.fusion = Fusion().to(device)
+
+
 def benchmark(presets: list[str], size: int, device: torch.device, compiled: list[str], log: Callable[[str], None]) -> dict:
     bf16 = Precision(torch.bfloat16, True)
     bf16_contiguous = Precision(torch.bfloat16, False)
@@ -198,7 +208,11 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
         modes = [("fp32 eager", fp32, False), ("bf16 + channels_last", bf16, False), ("bf16 contiguous", bf16_contiguous, False)]
         if preset in compiled:
             modes.append(("bf16 + channels_last + compile", bf16, True))
+        if preset == "pfadseg":  # the product presets' fused output: a full-size bank searched for every patch
+            modes.append((f"bf16 + channels_last + memory bank ({BankConfig().max_size} patches)", bf16, False))
         for name, precision, use_compile in modes:
+            if "memory bank" in name:
+                add_random_bank(model, BankConfig().max_size, device)
             row = {}
             # Compiling takes minutes per input shape on a 2-core CPU: the compiled model is timed at batch 32 only.
             for batch, repeats in ((32, 3),) if use_compile else ((1, 10), (32, 3)):
@@ -208,6 +222,7 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
                     row[f"batch{batch}"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
                 log(f"{preset} inference {name} batch {batch}: {row[f'batch{batch}']}")
             entry["inference"][name] = row
+        model.memory_bank = model.fusion = None
         for name, precision, compile_segmentation in (("fp32 eager", fp32, False), ("bf16", bf16, False),
                                                       ("bf16 contiguous", bf16_contiguous, False), ("bf16 + compile (stage 2)", bf16, True)):
             entry["training"][name] = training_steps(preset, precision, device, size, 16, 1, 5, compile_segmentation)
