@@ -89,7 +89,8 @@ def rebuild_bank(run_dir: str | Path, overrides: dict[str, Any] | None = None, d
                  log: Callable[[str], None] = print) -> BankReport:
     """``pfadseg bank``: (re)build an existing run's bank with ``config.bank`` plus ``overrides``, then evaluate and calibrate again.
 
-    The new weights, configuration and thresholds replace the old ones only once each is complete.
+    Each file is replaced atomically; if the command is stopped before the thresholds are set again, ``pfadseg calibrate``
+    sets them on the new output.
     """
     run = load_run(run_dir, device, "fp32")
     config: RunConfig = merge(run.config, {"bank": {**(overrides or {}), "enabled": True}})
