@@ -23,7 +23,7 @@ from pfadseg.evaluate import evaluate_run, infer
 from pfadseg.fileio import write_text_atomic
 from pfadseg.models import PFADSeg
 from pfadseg.models.fusion import Fusion
-from pfadseg.models.memory_bank import build_memory_bank, patch_features
+from pfadseg.models.memory_bank import build_memory_bank, coreset_size, patch_features
 from pfadseg.progress import progress_bar
 from pfadseg.rundir import load_run, save_model
 from pfadseg.training.runtime import DECISION_PRECISION, to_device
@@ -71,10 +71,8 @@ def add_memory_bank(model: PFADSeg, train_images: torch.Tensor, held_out_images:
     model.eval()
     model.fusion = None
     patches = gather_patches(model, train_images, device, config.train.eval_batch_size)
-    bank_config = config.bank
-    bar = progress_bar(min(bank_config.max_size, round(bank_config.fraction * len(patches)), bank_config.pool), "memory bank",
-                       "patches", enabled=progress)
-    bank, total = build_memory_bank(patches, bank_config, config.seed, bar.update)
+    bar = progress_bar(coreset_size(len(patches), config.bank), "memory bank", "patches", enabled=progress)
+    bank, total = build_memory_bank(patches, config.bank, config.seed, bar.update)
     bar.close()
     model.memory_bank = bank.to(device)
     if len(held_out_images):

@@ -138,18 +138,22 @@ class MemoryBank(nn.Module):
         return gaussian_blur(distances, self.blur_sigma * min(size) / 256)
 
 
+def coreset_size(total: int, config: BankConfig) -> int:
+    """How many of ``total`` training patches the bank keeps: ``fraction`` of them, at most ``max_size`` and the pool."""
+    return max(1, min(config.max_size, config.pool, total, round(config.fraction * total)))
+
+
 @torch.no_grad()
 def build_memory_bank(patches: torch.Tensor, config: BankConfig, seed: int,
                       on_progress: Callable[[int], None] | None = None) -> tuple[MemoryBank, int]:
     """A bank from all training patches (M, D): a random pool of at most ``config.pool``, then the greedy coreset.
 
-    Returns the bank and M. The kept size is ``fraction`` of M, at most ``max_size``.
+    Returns the bank and M; the kept size is :func:`coreset_size`.
     """
     generator = torch.Generator().manual_seed(seed)
     total = len(patches)
-    size = max(1, min(config.max_size, round(config.fraction * total)))
     pool = patches
     if total > config.pool:
         pool = patches[torch.randperm(total, generator=generator)[: config.pool].to(patches.device)]
-    chosen = greedy_coreset(pool, size, config.projection, generator, on_progress).to(pool.device)
+    chosen = greedy_coreset(pool, coreset_size(total, config), config.projection, generator, on_progress).to(pool.device)
     return MemoryBank(pool[chosen], config.blur_sigma), total

@@ -157,7 +157,7 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
     recipe = config.train
     precision = DECISION_PRECISION
     model.to(memory_format=precision.memory_format())
-    if config.bank.enabled:
+    if config.bank.enabled:  # the trained weights are saved above first: a failure here loses no training
         held_out_images = load_images(data.held_out, recipe.image_size, data.cache)
         log(add_memory_bank(model, data.train_images, held_out_images, config, device, progress).summary())
         save_model(model, config, run_dir)
