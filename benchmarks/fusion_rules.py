@@ -23,11 +23,12 @@ from pfadseg.rundir import load_run
 
 
 def branch_outputs(run, samples) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Segmentation and kNN maps and scores of ``samples`` at the evaluation size, fp32."""
+    """Segmentation, kNN and (the model's own) fused maps and scores of ``samples`` at the evaluation size, fp32."""
     recipe = run.config.train
     images = load_images(samples, recipe.image_size)
     out = infer(run.model, images, run.precision, run.device, recipe.eval_size, recipe.eval_batch_size, progress=True)
-    return {name: (out[name][0].numpy().astype(np.float64), out[name][1].numpy().astype(np.float64)) for name in ("segmentation", "knn")}
+    return {name: (maps.numpy().astype(np.float64), scores.numpy().astype(np.float64)) for name, (maps, scores) in out.items()
+            if name in ("segmentation", "knn", "fused")}
 
 
 def rules(normal: dict, test: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -39,7 +40,7 @@ def rules(normal: dict, test: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {
         "segmentation": (seg_m, seg_s),
         "knn": (knn_m, knn_s),
-        "sum (model)": (seg_m + n_seg_m.std() / n_knn_m.std() * knn_m, seg_s + n_seg_s.std() / n_knn_s.std() * knn_s),
+        "sum (model)": test["fused"],
         "z-max": (np.maximum(z(seg_m, n_seg_m), z(knn_m, n_knn_m)), np.maximum(z(seg_s, n_seg_s), z(knn_s, n_knn_s))),
         "q99-mean": ((q(seg_m, n_seg_m) + q(knn_m, n_knn_m)) / 2, (q(seg_s, n_seg_s) + q(knn_s, n_knn_s)) / 2),
     }
@@ -53,8 +54,8 @@ def main() -> int:
     results = {}
     for run_dir in args.runs:
         run = load_run(run_dir, "auto", "fp32")
-        if run.model.memory_bank is None:
-            raise SystemExit(f"{run_dir}: the run has no memory bank (pfadseg bank --run {run_dir})")
+        if run.model.fusion is None:
+            raise SystemExit(f"{run_dir}: the run has no fused output (pfadseg bank --run {run_dir}, with held-out images)")
         config = run.config
         splits = load_splits(config.data)
         _, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
