@@ -2,6 +2,7 @@
 presets, measured side by side against this machine's own matrix-multiply peak.
 
     python benchmarks/speed.py --out DIR [--presets pfadseg,destseg] [--image-size 256] [--device auto]
+    python benchmarks/speed.py --bank-cost 256,160,128     # only the memory bank's inference cost
 
 For each preset: stage-1 and stage-2 training step times at batch 16 (fp32 eager, the reference
 implementations' way; bf16 autocast with the memory format training uses, and contiguous; bf16
@@ -193,6 +194,20 @@ def add_random_bank(model: torch.nn.Module, patches: int, device: torch.device) 
     model.fusion = Fusion().to(device)
 
 
+def bank_cost(sizes: list[int], device: torch.device, log: Callable[[str], None]) -> dict[int, dict[str, float]]:
+    """Inference images/s of the pfadseg model at batch 32, bf16 + channels_last, without and with a full-size bank, per input size."""
+    bf16 = Precision(torch.bfloat16, True)
+    result = {}
+    for size in sizes:
+        model = build_model(merge(preset_config("pfadseg", "paper"), {"model": {"teacher": TEACHER}}).model).to(device)
+        plain = inference(model, bf16, device, size, 32, False, 1, 3)["images_per_second"]
+        add_random_bank(model, BankConfig().max_size, device)
+        banked = inference(model, bf16, device, size, 32, False, 1, 3)["images_per_second"]
+        result[size] = {"without_bank": plain, "with_bank": banked, "kept": banked / plain}
+        log(f"{size}x{size}: {plain:.2f} -> {banked:.2f} images/s with the bank ({100 * banked / plain:.1f} % kept)")
+    return result
+
+
 def benchmark(presets: list[str], size: int, device: torch.device, compiled: list[str], log: Callable[[str], None]) -> dict:
     bf16 = Precision(torch.bfloat16, True)
     bf16_contiguous = Precision(torch.bfloat16, False)
@@ -295,10 +310,15 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", default="pfadseg", help="presets also timed under torch.compile (comma-separated; '' for none)")
+    parser.add_argument("--bank-cost", metavar="SIZES", help="only the memory bank's inference cost at these comma-separated "
+                        "input sizes (batch 32, bf16), e.g. 256,160,128")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
         rss_probe(args.rss_probe)
+        return 0
+    if args.bank_cost:
+        bank_cost([int(v) for v in args.bank_cost.split(",")], resolve_device(args.device), lambda m: print(m, flush=True))
         return 0
     if args.out is None:
         parser.error("--out is required")
