@@ -40,7 +40,7 @@ from pfadseg.environment import environment
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.models import build_model
 from pfadseg.models.fusion import Fusion
-from pfadseg.models.memory_bank import BankConfig, MemoryBank
+from pfadseg.models.memory_bank import TEACHER_STRIDES, BankConfig, MemoryBank
 from pfadseg.models.summary import summarize
 from pfadseg.rundir import save_model
 from pfadseg.training.batches import BatchMaker
@@ -189,8 +189,9 @@ def peak_rss(model: torch.nn.Module, config: RunConfig) -> float:
 
 def add_random_bank(model: torch.nn.Module, patches: int, device: torch.device) -> None:
     """Give ``model`` a memory bank of ``patches`` random patch features and a fusion: the search costs what a real bank's does."""
-    dim = sum(model.teacher.channels[1:])
-    model.memory_bank = MemoryBank(torch.randn(patches, dim), BankConfig().blur_sigma).to(device)
+    config = BankConfig()
+    dim = sum(model.teacher.channels[TEACHER_STRIDES.index(s)] for s in config.strides)
+    model.memory_bank = MemoryBank(torch.randn(patches, dim), config).to(device)
     model.fusion = Fusion().to(device)
 
 

@@ -77,14 +77,23 @@ def test_bank_size_follows_fraction_and_cap_and_the_seed():
     assert all((patches == row).all(dim=1).any() for row in bank.patches)
 
 
-def test_patch_features_average_3x3_neighbourhoods_on_the_stride_8_grid():
+def test_patch_features_average_3x3_neighbourhoods_on_the_finest_chosen_grid():
     mid = torch.zeros(1, 2, 4, 4)
     mid[0, 0, 1, 1] = 9.0
     deep = torch.ones(1, 3, 2, 2)
-    feats = patch_features([torch.zeros(1, 1, 8, 8), mid, deep])
+    teacher_feats = [torch.zeros(1, 1, 8, 8), mid, deep]
+    feats = patch_features(teacher_feats, (8, 16))
     assert feats.shape == (1, 5, 4, 4)
     assert feats[0, 0, 1, 1] == 1.0 and feats[0, 0, 0, 0] == 9.0 / 4  # 3×3 mean; at the corner over its 4 valid cells
     assert torch.all(feats[0, 2:] == 1.0)
+    assert torch.equal(patch_features(teacher_feats, (16,)), deep)  # a constant stays constant under the 3×3 mean
+    assert patch_features(teacher_feats, (4, 16)).shape == (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("strides", [(), (16, 8), (8, 8), (2, 8), (32,)])
+def test_bank_strides_must_be_increasing_teacher_strides(strides):
+    with pytest.raises(ValueError, match="bank.strides"):
+        BankConfig(strides=strides)
 
 
 def test_gaussian_blur_keeps_a_constant_and_the_mass_of_a_peak():
@@ -103,7 +112,7 @@ def test_knn_map_of_a_training_image_is_near_zero(trained_run: Path):
     run = load_run(trained_run, "cpu")
     splits = load_splits(run.config.data)
     train = load_images(splits.train[:3], run.config.train.image_size)
-    bank, _ = build_memory_bank(gather_patches(run.model, train, run.device), BankConfig(fraction=1.0), seed=0)
+    bank, _ = build_memory_bank(gather_patches(run.model, train, BankConfig().strides, run.device), BankConfig(fraction=1.0), seed=0)
     run.model.memory_bank = bank
     with torch.no_grad():
         seen = run.model.knn_scored_map(run.model.teacher(train.float() / 255), (64, 64))[0]

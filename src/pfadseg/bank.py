@@ -54,12 +54,13 @@ NO_FUSION = ("no fusion: no normal images were held out of training (calibration
 
 
 @torch.no_grad()
-def gather_patches(model: PFADSeg, images: torch.Tensor, device: torch.device, batch_size: int = 16) -> torch.Tensor:
+def gather_patches(model: PFADSeg, images: torch.Tensor, strides: tuple[int, ...], device: torch.device,
+                   batch_size: int = 16) -> torch.Tensor:
     """Patch features (M, D) float32 of uint8 images (N, 3, H, W), computed in the decision precision (fp32)."""
     rows = []
     for start in range(0, len(images), batch_size):
         x = to_device(images[start : start + batch_size], device).float().div_(255)
-        feats = patch_features(model.teacher(x))
+        feats = patch_features(model.teacher(x), strides)
         rows.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     return torch.cat(rows)
 
@@ -70,7 +71,7 @@ def add_memory_bank(model: PFADSeg, train_images: torch.Tensor, held_out_images:
     started = time.perf_counter()
     model.eval()
     model.fusion = None
-    patches = gather_patches(model, train_images, device, config.train.eval_batch_size)
+    patches = gather_patches(model, train_images, config.bank.strides, device, config.train.eval_batch_size)
     bar = progress_bar(coreset_size(len(patches), config.bank), "memory bank", "patches", enabled=progress)
     bank, total = build_memory_bank(patches, config.bank, config.seed, bar.update)
     bar.close()

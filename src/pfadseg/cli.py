@@ -367,8 +367,8 @@ def _bank_parser(sub) -> None:
     p = sub.add_parser("bank", help="give a trained run a memory bank of its training patches and fuse its kNN map with the "
                        "segmentation map (then evaluate and set the thresholds again)")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a bank setting, e.g. bank.max_size=8192 (fraction, max_size, "
-                   "projection, pool, blur_sigma; repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a bank setting, e.g. bank.max_size=8192 (strides, fraction, "
+                   "max_size, projection, pool, blur_sigma; repeatable)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_bank)

@@ -89,7 +89,7 @@ def load_run(run_dir: str | Path, device: str = "auto", precision: str = "fp32")
     state = load_tensors(run_dir / MODEL_FILE)
     model = build_model(config.model, pretrained=False)
     if "memory_bank.patches" in state:  # slots of the saved bank's size, for the strict load below
-        model.memory_bank = MemoryBank.empty(*state["memory_bank.patches"].shape, config.bank.blur_sigma)
+        model.memory_bank = MemoryBank.empty(*state["memory_bank.patches"].shape, config.bank)
     if "fusion.knn_weight" in state:
         model.fusion = Fusion()
     load_state_strict(model, state, run_dir / MODEL_FILE)

@@ -1,7 +1,8 @@
 """A training-free memory bank of the frozen teacher's patch features (PatchCore-style), and its nearest-neighbour map.
 
-Every normal training patch is described by the teacher's 1/8 and 1/16 features, each averaged
-over its 3×3 neighbourhood, the 1/16 map upsampled to the 1/8 grid and concatenated. A greedy
+Every normal training patch is described by the teacher's features at the configured strides (1/8 and
+1/16 by default), each averaged over its 3×3 neighbourhood, the coarser maps upsampled to the finest
+one's grid and concatenated. A greedy
 k-centre coreset keeps a small subset that still covers them all; a test patch's anomaly value is
 its Euclidean distance to the nearest kept patch. See docs/design.md, "Memory bank and fusion".
 """
@@ -18,6 +19,8 @@ from torch import nn
 
 #: Query rows per distance block: bounds the (rows × bank) float32 matrix of the eager search to a few hundred MB.
 QUERY_CHUNK = 4096
+#: Strides of the teacher's three feature maps, in the order the teacher returns them.
+TEACHER_STRIDES = (4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class BankConfig:
     """Whether a run gets a memory bank, how it is subsampled, and how its map is smoothed."""
 
     enabled: bool = False  # build a bank after training and fuse its kNN map with the segmentation map
+    strides: tuple[int, ...] = (8, 16)  # teacher maps that describe a patch; the finest sets the grid
     fraction: float = 0.1  # share of the training patches the coreset keeps ...
     max_size: int = 8192  # ... but at most this many: the search cost per image grows with the bank
     projection: int = 64  # the coreset selects on a random projection to this many dimensions (faster, nearly the same choice)
@@ -38,13 +42,16 @@ class BankConfig:
             raise ValueError("bank.max_size, bank.projection and bank.pool must be positive")
         if self.blur_sigma < 0:
             raise ValueError(f"bank.blur_sigma must be ≥ 0, got {self.blur_sigma}")
+        if not self.strides or list(self.strides) != sorted(set(self.strides)) or not set(self.strides) <= set(TEACHER_STRIDES):
+            raise ValueError(f"bank.strides must be increasing values among {TEACHER_STRIDES}, got {self.strides}")
 
 
-def patch_features(teacher_feats: list[torch.Tensor]) -> torch.Tensor:
-    """The teacher's 1/8 and 1/16 maps, 3×3-averaged, on the 1/8 grid and concatenated: (N, C8 + C16, H/8, W/8), float32."""
-    mid, deep = (F.avg_pool2d(f.float(), 3, stride=1, padding=1, count_include_pad=False) for f in teacher_feats[1:3])
-    deep = F.interpolate(deep, size=mid.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([mid, deep], dim=1)
+def patch_features(teacher_feats: list[torch.Tensor], strides: tuple[int, ...]) -> torch.Tensor:
+    """The teacher's maps at ``strides``, 3×3-averaged, on the finest one's grid and concatenated: (N, ΣC, H/s, W/s), float32."""
+    finest, *coarser = (F.avg_pool2d(teacher_feats[TEACHER_STRIDES.index(s)].float(), 3, stride=1, padding=1,
+                                     count_include_pad=False) for s in strides)
+    grid = finest.shape[-2:]
+    return torch.cat([finest] + [F.interpolate(f, size=grid, mode="bilinear", align_corners=False) for f in coarser], dim=1)
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -113,15 +120,16 @@ def greedy_coreset(features: torch.Tensor, size: int, projection: int, generator
 class MemoryBank(nn.Module):
     """Coreset patches of the normal training images; maps a batch's teacher features to nearest-patch distances."""
 
-    def __init__(self, patches: torch.Tensor, blur_sigma: float) -> None:
+    def __init__(self, patches: torch.Tensor, config: BankConfig) -> None:
         super().__init__()
         self.register_buffer("patches", patches.float().contiguous())
-        self.blur_sigma = blur_sigma  # a setting (config.bank), not a weight
+        self.strides = config.strides  # settings (config.bank), not weights
+        self.blur_sigma = config.blur_sigma
 
     @classmethod
-    def empty(cls, size: int, dim: int, blur_sigma: float) -> MemoryBank:
+    def empty(cls, size: int, dim: int, config: BankConfig) -> MemoryBank:
         """A bank of the given shape to load saved weights into."""
-        return cls(torch.zeros(size, dim), blur_sigma)
+        return cls(torch.zeros(size, dim), config)
 
     @property
     def megabytes(self) -> float:
@@ -129,7 +137,7 @@ class MemoryBank(nn.Module):
 
     def forward(self, teacher_feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Nearest-patch distance of every patch, upsampled (bilinear) to ``size`` and blurred: (N, 1, *size) float32."""
-        feats = patch_features(teacher_feats)
+        feats = patch_features(teacher_feats, self.strides)
         n, dim, h, w = feats.shape
         queries = feats.permute(0, 2, 3, 1).reshape(-1, dim)
         bank_sq = self.patches.square().sum(dim=1)
@@ -156,4 +164,4 @@ def build_memory_bank(patches: torch.Tensor, config: BankConfig, seed: int,
     if total > config.pool:
         pool = patches[torch.randperm(total, generator=generator)[: config.pool].to(patches.device)]
     chosen = greedy_coreset(pool, coreset_size(total, config), config.projection, generator, on_progress).to(pool.device)
-    return MemoryBank(pool[chosen], config.blur_sigma), total
+    return MemoryBank(pool[chosen], config), total
