@@ -4,7 +4,8 @@
 
 Every rule takes its statistics from the run's held-out normal images only (as the model's fusion does); the
 test split only measures. Rules: each branch alone; ``sum`` (the model's: segmentation + kNN × std ratio, the
-ranking of the mean of the two z-scores); ``z-max`` (the larger z-score); ``q99-mean`` (each branch divided by
+ranking of the mean of the two z-scores); ``sum, map score`` (the same map, the image score taken from it rather
+than summed from the branches' scores); ``z-max`` (the larger z-score); ``q99-mean`` (each branch divided by
 its held-out 99th percentile, then averaged). Prints the six metrics per rule and run.
 """
 
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pfadseg.data.datasets import holdout_split, load_images, load_masks, load_splits
 from pfadseg.evaluate import format_metrics_table, infer
@@ -31,8 +33,10 @@ def branch_outputs(run, samples) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             if name in ("segmentation", "knn", "fused")}
 
 
-def rules(normal: dict, test: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every rule's (maps, scores) on the test split, with statistics from the held-out normal images."""
+def rules(normal: dict, test: dict, image_score) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every rule's (maps, scores) on the test split, with statistics from the held-out normal images.
+
+    ``image_score`` maps (N, 1, H, W) maps to (N,) scores, as the model does."""
     (seg_m, seg_s), (knn_m, knn_s) = test["segmentation"], test["knn"]
     (n_seg_m, n_seg_s), (n_knn_m, n_knn_s) = normal["segmentation"], normal["knn"]
     z = lambda x, ref: (x - ref.mean()) / max(ref.std(), 1e-12)  # noqa: E731
@@ -41,6 +45,7 @@ def rules(normal: dict, test: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "segmentation": (seg_m, seg_s),
         "knn": (knn_m, knn_s),
         "sum (model)": test["fused"],
+        "sum, map score": (test["fused"][0], image_score(test["fused"][0])),
         "z-max": (np.maximum(z(seg_m, n_seg_m), z(knn_m, n_knn_m)), np.maximum(z(seg_s, n_seg_s), z(knn_s, n_knn_s))),
         "q99-mean": ((q(seg_m, n_seg_m) + q(knn_m, n_knn_m)) / 2, (q(seg_s, n_seg_s) + q(knn_s, n_knn_s)) / 2),
     }
@@ -62,7 +67,8 @@ def main() -> int:
         masks = load_masks(splits.test, config.train.eval_size, binarize_at=splits.binarize_at)[:, 0].numpy()
         labels = np.array([s.label for s in splits.test])
         normal, test = branch_outputs(run, held_out), branch_outputs(run, splits.test)
-        table = {name: evaluate_maps(m.astype(np.float32), masks, s, labels) for name, (m, s) in rules(normal, test).items()}
+        map_score = lambda maps: run.model.image_score(torch.from_numpy(maps)).double().numpy()  # noqa: E731
+        table = {name: evaluate_maps(m.astype(np.float32), masks, s, labels) for name, (m, s) in rules(normal, test, map_score).items()}
         results[str(run_dir)] = table
         print(f"\n{run_dir} ({len(held_out)} held-out normal images, {len(splits.test)} test images)")
         print(format_metrics_table(table))
