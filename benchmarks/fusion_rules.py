@@ -6,7 +6,8 @@ Every rule takes its statistics from the run's held-out normal images only (as t
 test split only measures. Rules: each branch alone; ``sum`` (the model's: segmentation + kNN × std ratio, the
 ranking of the mean of the two z-scores); ``sum, map score`` (the same map, the image score taken from it rather
 than summed from the branches' scores); ``z-max`` (the larger z-score); ``q99-mean`` (each branch divided by
-its held-out 99th percentile, then averaged). Prints the six metrics per rule and run.
+its held-out 99th percentile, then averaged); ``tail-z sum`` (each branch minus its held-out median, divided by its
+held-out 99th percentile minus the median, then added). Prints the six metrics per rule and run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def rules(normal: dict, test: dict, image_score) -> dict[str, tuple[np.ndarray, 
     (n_seg_m, n_seg_s), (n_knn_m, n_knn_s) = normal["segmentation"], normal["knn"]
     z = lambda x, ref: (x - ref.mean()) / max(ref.std(), 1e-12)  # noqa: E731
     q = lambda x, ref: x / max(np.quantile(ref, 0.99), 1e-12)  # noqa: E731
+    tail = lambda x, ref: (x - np.median(ref)) / max(np.quantile(ref, 0.99) - np.median(ref), 1e-12)  # noqa: E731
     return {
         "segmentation": (seg_m, seg_s),
         "knn": (knn_m, knn_s),
@@ -48,6 +50,7 @@ def rules(normal: dict, test: dict, image_score) -> dict[str, tuple[np.ndarray, 
         "sum, map score": (test["fused"][0], image_score(test["fused"][0])),
         "z-max": (np.maximum(z(seg_m, n_seg_m), z(knn_m, n_knn_m)), np.maximum(z(seg_s, n_seg_s), z(knn_s, n_knn_s))),
         "q99-mean": ((q(seg_m, n_seg_m) + q(knn_m, n_knn_m)) / 2, (q(seg_s, n_seg_s) + q(knn_s, n_knn_s)) / 2),
+        "tail-z sum": (tail(seg_m, n_seg_m) + tail(knn_m, n_knn_m), tail(seg_s, n_seg_s) + tail(knn_s, n_knn_s)),
     }
 
 

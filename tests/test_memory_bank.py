@@ -9,13 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 
 from pfadseg.cli import main
 from pfadseg.config import preset_config
 from pfadseg.data.datasets import holdout_split, load_splits
-from pfadseg.models.memory_bank import BankConfig, build_memory_bank, gaussian_blur, greedy_coreset, nearest_distances, patch_features
+from pfadseg.models.memory_bank import (
+    BankConfig,
+    build_memory_bank,
+    gaussian_kernel,
+    greedy_coreset,
+    nearest_distances,
+    patch_features,
+    upsample_blur,
+)
 from pfadseg.rundir import load_run
 
 
@@ -96,12 +105,28 @@ def test_bank_strides_must_be_increasing_teacher_strides(strides):
         BankConfig(strides=strides)
 
 
-def test_gaussian_blur_keeps_a_constant_and_the_mass_of_a_peak():
+def blur_by_convolution(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Reference: a 2-D Gaussian blur as one convolution with the outer product of the kernel, edges replicated."""
+    kernel = gaussian_kernel(sigma)
+    r = len(kernel) // 2
+    return F.conv2d(F.pad(maps, (r, r, r, r), mode="replicate"), torch.outer(kernel, kernel)[None, None])
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.5, 4.0])
+def test_upsample_blur_equals_bilinear_upsampling_then_a_gaussian_blur(sigma):
+    maps = torch.rand(3, 1, 10, 14)
+    expected = F.interpolate(maps, size=(40, 56), mode="bilinear", align_corners=False)
+    if sigma:
+        expected = blur_by_convolution(expected, sigma)
+    torch.testing.assert_close(upsample_blur(maps, (40, 56), sigma), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_upsample_blur_keeps_a_constant_and_the_mass_of_a_peak():
     constant = torch.full((1, 1, 20, 30), 3.0)
-    torch.testing.assert_close(gaussian_blur(constant, 4.0), constant)
+    torch.testing.assert_close(upsample_blur(constant, (20, 30), 4.0), constant)
     peak = torch.zeros(1, 1, 41, 41)
     peak[0, 0, 20, 20] = 1.0
-    blurred = gaussian_blur(peak, 2.0)
+    blurred = upsample_blur(peak, (41, 41), 2.0)
     assert blurred.sum() == pytest.approx(1.0, abs=1e-5) and blurred.max() < 0.05
 
 

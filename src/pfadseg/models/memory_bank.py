@@ -79,14 +79,26 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, 1, H, W) float32 maps, edges replicated (σ ≤ 0: unchanged)."""
-    if sigma <= 0:
-        return maps
-    kernel = gaussian_kernel(sigma).to(maps.device)
-    r = len(kernel) // 2
-    out = F.conv2d(F.pad(maps, (r, r, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), kernel.view(1, 1, -1, 1))
+def upsample_blur_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
+    """(n_out, n_in) float32: linear upsampling (align_corners=False) to ``n_out`` samples, then a Gaussian blur, edges replicated.
+
+    Both steps are linear and separable, so a map's bilinear upsampling and 2-D blur is ``M_h @ map @ M_w.T``: two
+    small matrix products instead of a convolution over the large map (several times faster on a CPU).
+    """
+    impulses = torch.eye(n_in).unsqueeze(1)  # (n_in, 1, n_in): each row one input sample set to 1
+    columns = F.interpolate(impulses, size=n_out, mode="linear", align_corners=False)
+    if sigma > 0:
+        kernel = gaussian_kernel(sigma)
+        r = len(kernel) // 2
+        columns = F.conv1d(F.pad(columns, (r, r), mode="replicate"), kernel.view(1, 1, -1))
+    return columns[:, 0].t().contiguous()
+
+
+def upsample_blur(maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """(N, 1, h, w) float32 maps upsampled bilinearly to ``size`` and blurred with a Gaussian of ``sigma`` pixels (σ ≤ 0: no blur)."""
+    rows = upsample_blur_matrix(maps.shape[-2], size[0], sigma).to(maps.device)
+    cols = upsample_blur_matrix(maps.shape[-1], size[1], sigma).to(maps.device)
+    return rows @ maps @ cols.t()
 
 
 def greedy_coreset(features: torch.Tensor, size: int, projection: int, generator: torch.Generator,
@@ -142,8 +154,7 @@ class MemoryBank(nn.Module):
         queries = feats.permute(0, 2, 3, 1).reshape(-1, dim)
         bank_sq = self.patches.square().sum(dim=1)
         distances = nearest_distances(queries, self.patches, bank_sq).view(n, 1, h, w)
-        distances = F.interpolate(distances, size=size, mode="bilinear", align_corners=False)
-        return gaussian_blur(distances, self.blur_sigma * min(size) / 256)
+        return upsample_blur(distances, size, self.blur_sigma * min(size) / 256)
 
 
 def coreset_size(total: int, config: BankConfig) -> int:
