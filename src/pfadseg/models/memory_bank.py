@@ -32,7 +32,7 @@ class BankConfig:
     fraction: float = 0.1  # share of the training patches the coreset keeps ...
     max_size: int = 8192  # ... but at most this many: the search cost per image grows with the bank
     projection: int = 64  # the coreset selects on a random projection to this many dimensions (faster, nearly the same choice)
-    pool: int = 32768  # the coreset selects among at most this many patches drawn at random (bounds the build time)
+    pool: int = 300_000  # the coreset selects among at most this many random patches (a small pool misses rare normal ones)
     blur_sigma: float = 4.0  # Gaussian blur of the kNN map, in pixels of a 256² map (scaled with the map's size)
 
     def __post_init__(self) -> None:
