@@ -62,12 +62,13 @@ def test_greedy_coreset_covers_every_cluster_within_twice_the_optimal_radius():
     assert sorted((chosen // 40).tolist()) == [0, 1, 2, 3, 4]  # one point from each cluster
 
 
-def test_nearest_distances_equal_brute_force_in_float32_even_under_bf16_autocast():
+@pytest.mark.parametrize("bf16_autocast", [False, True])  # float32 search, and the bf16 shortlist
+def test_nearest_distances_equal_brute_force_in_float32(bf16_autocast):
     g = torch.Generator().manual_seed(0)
     bank = 10 + torch.randn(500, 24, generator=g)  # large norms: the expanded form's cancellation would show
     queries = torch.cat([bank[:7] + 1e-3 * torch.randn(7, 24, generator=g), 10 + torch.randn(5000, 24, generator=g)])
     expected = _brute_force_nearest(queries, bank)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
         got = nearest_distances(queries, bank, bank.square().sum(dim=1))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
