@@ -16,6 +16,7 @@ from PIL import Image
 from pfadseg.cli import main
 from pfadseg.config import preset_config
 from pfadseg.data.datasets import holdout_split, load_splits
+from pfadseg.models import memory_bank
 from pfadseg.models.memory_bank import (
     BankConfig,
     build_memory_bank,
@@ -63,7 +64,9 @@ def test_greedy_coreset_covers_every_cluster_within_twice_the_optimal_radius():
 
 
 @pytest.mark.parametrize("bf16_autocast", [False, True])  # float32 search, and the bf16 shortlist
-def test_nearest_distances_equal_brute_force_in_float32(bf16_autocast):
+def test_nearest_distances_equal_brute_force_in_float32(bf16_autocast, monkeypatch):
+    shortlist, calls = memory_bank.bf16_shortlist, []
+    monkeypatch.setattr(memory_bank, "bf16_shortlist", lambda *args: calls.append(args) or shortlist(*args))
     g = torch.Generator().manual_seed(0)
     bank = 10 + torch.randn(500, 24, generator=g)  # large norms: the expanded form's cancellation would show
     queries = torch.cat([bank[:7] + 1e-3 * torch.randn(7, 24, generator=g), 10 + torch.randn(5000, 24, generator=g)])
@@ -72,6 +75,7 @@ def test_nearest_distances_equal_brute_force_in_float32(bf16_autocast):
         got = nearest_distances(queries, bank, bank.square().sum(dim=1))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert bool(calls) == bf16_autocast  # the bf16 path runs exactly when autocast asks for bf16
 
 
 def test_bank_size_follows_fraction_and_cap_and_the_seed():
