@@ -28,6 +28,7 @@ class TrainConfig:
     lr_seg_blocks: float = 0.1
     lr_seg_head: float = 0.01
     seg_warmup_steps: int = 0  # linear learning-rate warm-up over the first stage-2 steps (0: none, as published)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: each stage's rates fall to 0 by its last step
     momentum: float = 0.9
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0

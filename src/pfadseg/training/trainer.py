@@ -131,6 +131,7 @@ class Trainer:
             loss = cosine_loss([cosine_distance(t, s) for t, s in zip(target, predicted)])
         self.optimizers.student.zero_grad(set_to_none=True)
         loss.backward()
+        self._set_rates(self.optimizers.student, (self.config.train.lr_student,))
         self.optimizers.student.step()
         return loss.item()
 
@@ -145,12 +146,29 @@ class Trainer:
             loss = segmentation_loss(logits, mask, recipe.focal_gamma)
         self.optimizers.segmentation.zero_grad(set_to_none=True)
         loss.backward()
-        if recipe.seg_warmup_steps > 0:  # a function of the step alone, so resume stays exact
-            factor = min(1.0, (self.step - recipe.student_steps + 1) / recipe.seg_warmup_steps)
-            for group, base in zip(self.optimizers.segmentation.param_groups, (recipe.lr_seg_blocks, recipe.lr_seg_head)):
-                group["lr"] = base * factor
+        self._set_rates(self.optimizers.segmentation, (recipe.lr_seg_blocks, recipe.lr_seg_head))
         self.optimizers.segmentation.step()
         return loss.item()
+
+    def rate_factor(self, step: int) -> float:
+        """The multiplier of the stage's base learning rates at ``step``: warm-up, then the schedule.
+
+        A function of the step alone, so a resumed run stays exact.
+        """
+        recipe = self.config.train
+        stage = self.stage(step)
+        index, length = (step, recipe.student_steps) if stage == 1 else (step - recipe.student_steps, recipe.segmentation_steps)
+        factor = 1.0
+        if stage == 2 and recipe.seg_warmup_steps > 0:
+            factor = min(1.0, (index + 1) / recipe.seg_warmup_steps)
+        if recipe.lr_schedule == "cosine":  # half a cosine from 1 at the stage's first step towards 0 after its last
+            factor *= 0.5 * (1.0 + math.cos(math.pi * index / length))
+        return factor
+
+    def _set_rates(self, optimizer: torch.optim.SGD, bases: tuple[float, ...]) -> None:
+        factor = self.rate_factor(self.step)
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            group["lr"] = base * factor
 
     # ------------------------------------------------------------------ checkpoints
 
