@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -160,6 +161,26 @@ def test_segmentation_warmup_ramps_the_learning_rates_linearly(tiny_trainer):
         trainer.step += 1
         seen.append([round(g["lr"], 6) for g in trainer.optimizers.segmentation.param_groups])
     assert seen == [[0.1, 0.05], [0.2, 0.1], [0.3, 0.15], [0.4, 0.2], [0.4, 0.2], [0.4, 0.2]]
+
+
+def test_cosine_schedule_falls_to_zero_within_each_stage_after_the_warm_up(tiny_trainer):
+    """Stage 1 and stage 2 each run half a cosine from their base rates; the stage-2 warm-up multiplies it."""
+    config = merge(preset_config("pfadseg", "debug"), {"model": {"teacher": "efficientnet_lite0"},
+                                                         "train": {"student_steps": 4, "segmentation_steps": 4, "seg_warmup_steps": 2,
+                                                                   "lr_student": 0.5, "lr_seg_blocks": 0.4, "lr_seg_head": 0.2,
+                                                                   "lr_schedule": "cosine"}})
+    trainer = tiny_trainer(config)
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]  # 1, 0.854, 0.5, 0.146
+    student, blocks = [], []
+    for _ in range(8):
+        trainer.student_step() if trainer.stage(trainer.step) == 1 else trainer.segmentation_step()
+        trainer.step += 1
+        student.append(trainer.optimizers.student.param_groups[0]["lr"])
+        blocks.append([g["lr"] for g in trainer.optimizers.segmentation.param_groups])
+    assert student[:4] == pytest.approx([0.5 * c for c in cosine])
+    warm = [0.5, 1.0, 1.0, 1.0]
+    assert [b for b, _ in blocks[4:]] == pytest.approx([0.4 * w * c for w, c in zip(warm, cosine)])
+    assert [h for _, h in blocks[4:]] == pytest.approx([0.2 * w * c for w, c in zip(warm, cosine)])
 
 
 def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):
