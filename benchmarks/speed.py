@@ -187,25 +187,42 @@ def peak_rss(model: torch.nn.Module, config: RunConfig) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def add_random_bank(model: torch.nn.Module, patches: int, device: torch.device) -> None:
-    """Give ``model`` a memory bank of ``patches`` random patch features and a fusion: the search costs what a real bank's does."""
+def random_bank(model: torch.nn.Module, patches: int, device: torch.device) -> tuple[MemoryBank, Fusion]:
+    """A memory bank of ``patches`` random patch features and a fusion for ``model``: the search costs what a real bank's does."""
     config = BankConfig()
     dim = sum(model.teacher.channels[TEACHER_STRIDES.index(s)] for s in config.strides)
-    model.memory_bank = MemoryBank(torch.randn(patches, dim), config).to(device)
-    model.fusion = Fusion().to(device)
+    return MemoryBank(torch.randn(patches, dim), config).to(device), Fusion().to(device)
 
 
-def bank_cost(sizes: list[int], device: torch.device, log: Callable[[str], None]) -> dict[int, dict[str, float]]:
-    """Inference images/s of the pfadseg model at batch 32, bf16 + channels_last, without and with a full-size bank, per input size."""
+def bank_cost(sizes: list[int], device: torch.device, rounds: int, log: Callable[[str], None]) -> dict[int, dict[str, float]]:
+    """Inference images/s of the pfadseg model at batch 32, bf16 + channels_last, without and with a full-size bank, per input size.
+
+    The two are timed in alternation, one batch each per round, so that drifts of the machine's speed
+    during the measurement fall on both alike; the ratio is of the medians.
+    """
     bf16 = Precision(torch.bfloat16, True)
     result = {}
     for size in sizes:
         model = build_model(merge(preset_config("pfadseg", "paper"), {"model": {"teacher": TEACHER}}).model).to(device)
-        plain = inference(model, bf16, device, size, 32, False, 1, 3)["images_per_second"]
-        add_random_bank(model, BankConfig().max_size, device)
-        banked = inference(model, bf16, device, size, 32, False, 1, 3)["images_per_second"]
-        result[size] = {"without_bank": plain, "with_bank": banked, "kept": banked / plain}
-        log(f"{size}x{size}: {plain:.2f} -> {banked:.2f} images/s with the bank ({100 * banked / plain:.1f} % kept)")
+        model = model.to(memory_format=bf16.memory_format()).eval()
+        bank, fusion = random_bank(model, BankConfig().max_size, device)
+        x = torch.rand(32, 3, size, size, device=device).contiguous(memory_format=bf16.memory_format())
+
+        @torch.inference_mode()
+        def run(with_bank: bool) -> None:
+            model.memory_bank, model.fusion = (bank, fusion) if with_bank else (None, None)
+            with bf16.autocast(device):
+                model(x)
+
+        times: dict[bool, list[float]] = {False: [], True: []}
+        run(False), run(True)  # warm-up
+        for _ in range(rounds):
+            for with_bank in (False, True):
+                times[with_bank].append(timed(lambda: run(with_bank), device, 0, 1)["median"])
+        plain, banked = (32 / statistics.median(times[b]) for b in (False, True))
+        result[size] = {"without_bank": plain, "with_bank": banked, "kept": banked / plain, "rounds": rounds}
+        log(f"{size}x{size}: {plain:.2f} -> {banked:.2f} images/s with the bank ({100 * banked / plain:.1f} % kept; "
+            f"median of {rounds} alternating rounds)")
     return result
 
 
@@ -228,7 +245,7 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
             modes.append((f"bf16 + channels_last + memory bank ({BankConfig().max_size} patches)", bf16, False))
         for name, precision, use_compile in modes:
             if "memory bank" in name:
-                add_random_bank(model, BankConfig().max_size, device)
+                model.memory_bank, model.fusion = random_bank(model, BankConfig().max_size, device)
             row = {}
             # Compiling takes minutes per input shape on a 2-core CPU: the compiled model is timed at batch 32 only.
             for batch, repeats in ((32, 3),) if use_compile else ((1, 10), (32, 3)):
@@ -313,13 +330,14 @@ def main() -> int:
     parser.add_argument("--compile", default="pfadseg", help="presets also timed under torch.compile (comma-separated; '' for none)")
     parser.add_argument("--bank-cost", metavar="SIZES", help="only the memory bank's inference cost at these comma-separated "
                         "input sizes (batch 32, bf16), e.g. 256,160,128")
+    parser.add_argument("--rounds", type=int, default=9, help="--bank-cost: alternating timed rounds per size (default 9)")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
         rss_probe(args.rss_probe)
         return 0
     if args.bank_cost:
-        bank_cost([int(v) for v in args.bank_cost.split(",")], resolve_device(args.device), lambda m: print(m, flush=True))
+        bank_cost([int(v) for v in args.bank_cost.split(",")], resolve_device(args.device), args.rounds, lambda m: print(m, flush=True))
         return 0
     if args.out is None:
         parser.error("--out is required")
