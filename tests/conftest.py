@@ -26,16 +26,17 @@ def shared_data() -> Path:
     return path
 
 
-def _write_tiny_mvtec(root: Path, size: int = 48, seed: int = 0) -> Path:
-    """A minimal MVTec-layout category 'widget': smooth random surfaces, bright-square defects."""
+def _write_tiny_mvtec(root: Path, size: int | tuple[int, int] = 48, seed: int = 0) -> Path:
+    """A minimal MVTec-layout category 'widget': smooth random surfaces (``size`` or (height, width)), bright-square defects."""
     import numpy as np
     from PIL import Image
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
+    height, width = (size, size) if isinstance(size, int) else size
 
     def surface() -> np.ndarray:
-        base = ndimage.gaussian_filter(rng.random((size, size, 3)), sigma=(3, 3, 0))
+        base = ndimage.gaussian_filter(rng.random((height, width, 3)), sigma=(3, 3, 0))
         return (80 + 120 * (base - base.min()) / (np.ptp(base) + 1e-9)).astype(np.uint8)
 
     cat = root / "widget"
@@ -46,8 +47,8 @@ def _write_tiny_mvtec(root: Path, size: int = 48, seed: int = 0) -> Path:
         (cat / "test" / "good").mkdir(parents=True, exist_ok=True)
         Image.fromarray(surface()).save(cat / "test" / "good" / f"{i:03d}.png")
     for i in range(3):
-        image, mask = surface(), np.zeros((size, size), np.uint8)
-        y, x = rng.integers(4, size - 16, 2)
+        image, mask = surface(), np.zeros((height, width), np.uint8)
+        y, x = rng.integers(4, min(height, width) - 16, 2)
         image[y : y + 10, x : x + 12] = 250
         mask[y : y + 10, x : x + 12] = 255
         for sub, arr, name in (("test", image, f"{i:03d}.png"), ("ground_truth", mask, f"{i:03d}_mask.png")):

@@ -142,7 +142,7 @@ def test_knn_map_of_a_training_image_is_near_zero(trained_run: Path):
     run = load_run(trained_run, "cpu")
     splits = load_splits(run.config.data)
     train = load_images(splits.train[:3], run.config.train.image_size)
-    bank, _ = build_memory_bank(gather_patches(run.model, train, BankConfig().strides, run.device), BankConfig(fraction=1.0), seed=0)
+    bank, _ = build_memory_bank(gather_patches(run.model, train, None, BankConfig().strides, run.device), BankConfig(fraction=1.0), seed=0)
     run.model.memory_bank = bank
     with torch.no_grad():
         seen = run.model.knn_scored_map(run.model.teacher(train.float() / 255), (64, 64))[0]

@@ -18,8 +18,9 @@ import torch
 from pfadseg.calibration import format_calibration, recalibrate
 from pfadseg.checkpoint import CONFIG_FILE
 from pfadseg.config import RunConfig, dump_yaml, merge
-from pfadseg.data.datasets import holdout_split, load_images, load_splits
-from pfadseg.evaluate import evaluate_run, infer
+from pfadseg.data.datasets import holdout_split, load_splits
+from pfadseg.data.tiling import TileLayout
+from pfadseg.evaluate import Inputs, evaluate_run, infer, input_batches, load_inputs
 from pfadseg.fileio import write_text_atomic
 from pfadseg.models import PFADSeg
 from pfadseg.models.fusion import Fusion
@@ -54,30 +55,33 @@ NO_FUSION = ("no fusion: no normal images were held out of training (calibration
 
 
 @torch.no_grad()
-def gather_patches(model: PFADSeg, images: torch.Tensor, strides: tuple[int, ...], device: torch.device,
+def gather_patches(model: PFADSeg, images: Inputs, tiles: TileLayout | None, strides: tuple[int, ...], device: torch.device,
                    batch_size: int = 16) -> torch.Tensor:
-    """Patch features (M, D) float32 of uint8 images (N, 3, H, W), computed in the decision precision (fp32)."""
+    """Patch features (M, D) float32 of the images (of every tile of them, in the `tiles` geometry), computed in the
+    decision precision (fp32)."""
     rows = []
-    for start in range(0, len(images), batch_size):
-        x = to_device(images[start : start + batch_size], device).float().div_(255)
+    for batch in input_batches(images, tiles, batch_size):
+        x = to_device(batch, device).float().div_(255)
         feats = patch_features(model.teacher(x), strides)
         rows.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     return torch.cat(rows)
 
 
-def add_memory_bank(model: PFADSeg, train_images: torch.Tensor, held_out_images: torch.Tensor, config: RunConfig,
+def add_memory_bank(model: PFADSeg, train_images: Inputs, held_out_images: Inputs, config: RunConfig,
                     device: torch.device, progress: bool = True) -> BankReport:
     """Give ``model`` a bank of ``train_images``' patches and, with held-out images, the fusion fitted on them."""
     started = time.perf_counter()
     model.eval()
     model.fusion = None
-    patches = gather_patches(model, train_images, config.bank.strides, device, config.train.eval_batch_size)
+    tiles = config.data.tile_layout(config.train.image_size)
+    patches = gather_patches(model, train_images, tiles, config.bank.strides, device, config.train.eval_batch_size)
     bar = progress_bar(coreset_size(len(patches), config.bank), "memory bank", "patches", enabled=progress)
     bank, total = build_memory_bank(patches, config.bank, config.seed, bar.update)
     bar.close()
     model.memory_bank = bank.to(device)
     if len(held_out_images):
-        branches = infer(model, held_out_images, DECISION_PRECISION, device, config.train.eval_size, config.train.eval_batch_size)
+        branches = infer(model, held_out_images, DECISION_PRECISION, device, config.train.eval_size, config.train.eval_batch_size,
+                         tiles=tiles)
         fusion = Fusion().to(device)
         fusion.fit(*zip(*(branches[name] for name in ("segmentation", "knn"))))
         model.fusion = fusion
@@ -95,8 +99,9 @@ def rebuild_bank(run_dir: str | Path, overrides: dict[str, Any] | None = None, d
     config: RunConfig = merge(run.config, {"bank": {**(overrides or {}), "enabled": True}})
     splits = load_splits(config.data)
     train_samples, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
-    size = config.train.image_size
-    report = add_memory_bank(run.model, load_images(train_samples, size), load_images(held_out, size), config, run.device, progress)
+    size, tiles = config.train.image_size, config.data.tile_layout(config.train.image_size)
+    report = add_memory_bank(run.model, load_inputs(train_samples, size, tiles), load_inputs(held_out, size, tiles), config, run.device,
+                             progress)
     log(report.summary())
     save_model(run.model, config, run.run_dir)
     write_text_atomic(run.run_dir / CONFIG_FILE, dump_yaml(config))

@@ -9,10 +9,10 @@ import torch
 from scipy.stats import binom
 
 from pfadseg.config import RunConfig
-from pfadseg.data.datasets import Sample, holdout_split, load_images, load_splits
+from pfadseg.data.datasets import Sample, holdout_split, load_splits
 from pfadseg.data.images import ImageCache
 from pfadseg.errors import PfadsegError
-from pfadseg.evaluate import Evaluation, evaluate, infer, write_metrics
+from pfadseg.evaluate import Evaluation, evaluate, infer, load_inputs, write_metrics
 from pfadseg.fileio import write_json_atomic
 from pfadseg.models import PFADSeg
 from pfadseg.rundir import load_run
@@ -39,8 +39,9 @@ def calibrate(
     """
     recipe = config.train
     fpr = config.calibration.target_fpr if target_fpr is None else target_fpr
-    maps, scores = infer(model, load_images(held_out, recipe.image_size, cache), precision, device, recipe.eval_size,
-                         recipe.eval_batch_size)[model.output_branch]
+    tiles = config.data.tile_layout(recipe.image_size)
+    maps, scores = infer(model, load_inputs(held_out, recipe.image_size, tiles, cache), precision, device, recipe.eval_size,
+                         recipe.eval_batch_size, tiles=tiles)[model.output_branch]
     result: dict = {"image": fpr_threshold(scores.numpy(), fpr), "pixel": fpr_threshold(maps.numpy(), fpr), "target_fpr": fpr,
                     "precision": precision.name, "calibration_images": [s.rel_path for s in held_out],
                     "smallest_image_fpr": 1 / len(held_out)}
@@ -100,7 +101,7 @@ def recalibrate(run_dir: str | Path, target_fpr: float | None = None, device: st
     if splits.test:
         recipe = config.train
         evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device, recipe.eval_batch_size,
-                              splits.binarize_at, progress=progress)
+                              splits.binarize_at, progress=progress, tiles=config.data.tile_layout(recipe.image_size))
     thresholds = calibrate(run.model, held_out, evaluation, config, run.precision, run.device, target_fpr)
     write_json_atomic(run.run_dir / thresholds_file(precision), thresholds)
     if evaluation is not None and precision == "fp32":

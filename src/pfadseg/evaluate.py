@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_splits
+from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_scaled_images, load_splits
 from pfadseg.data.images import ImageCache
+from pfadseg.data.tiling import Stitcher, TileLayout, scored_maps
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
@@ -61,22 +63,48 @@ class BranchResult:
     metrics: dict[str, float]
 
 
+#: What the model reads for a list of samples: uint8 (N, 3, S, S) in the `square` geometry, RGB uint8 arrays
+#: (H, W, 3) at the tiled size in the `tiles` geometry.
+Inputs = torch.Tensor | list[np.ndarray]
+
+
+def load_inputs(samples: list[Sample], image_size: int, tiles: TileLayout | None, cache: ImageCache | None = None) -> Inputs:
+    """The model's inputs for ``samples``: whole images at ``image_size``² (`square`), or ready to be cut into ``tiles``."""
+    return load_images(samples, image_size, cache) if tiles is None else load_scaled_images(samples, tiles, cache)
+
+
+def input_batches(images: Inputs, tiles: TileLayout | None, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 batches (B, 3, S, S) of whole images, or of every tile of every image."""
+    if tiles is None:
+        for start in range(0, len(images), batch_size):
+            yield images[start : start + batch_size]
+        return
+    for image in images:
+        boxes = tiles.boxes(*image.shape[:2])
+        for start in range(0, len(boxes), batch_size):
+            yield torch.from_numpy(tiles.tiles(image, boxes[start : start + batch_size])).permute(0, 3, 1, 2)
+
+
 @torch.no_grad()
 def infer(
     model: PFADSeg,
-    images: torch.Tensor,
+    images: Inputs,
     precision: Precision,
     device: torch.device,
     output_size: int,
     batch_size: int = 16,
     progress: bool = False,
     compile: bool = False,
+    tiles: TileLayout | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 images (N,3,H,W) → every branch's maps (N, S, S) and scores (N,), on the CPU, by branch name.
+    """Every branch's maps (N, S, S) and scores (N,) of ``images`` (see :data:`Inputs`), on the CPU, by branch name.
 
     ``compile``: run the model through ``torch.compile`` (faster for many images; compiling takes minutes).
+    ``tiles``: the `tiles` geometry; each image's tiles' maps are stitched, resized to S × S and scored there.
     """
     model.eval()
+    if tiles is not None:
+        return _infer_tiles(model, images, tiles, precision, device, output_size, batch_size, progress)
     size = (output_size, output_size)
     forward = compile_fixed_batch(model.forward_branches, batch_size) if compile else model.forward_branches
     parts: list[list[torch.Tensor]] = []
@@ -93,6 +121,34 @@ def infer(
     return {name: (merged[2 * i], merged[2 * i + 1]) for i, name in enumerate(model.branches)}
 
 
+def _infer_tiles(model: PFADSeg, images: list[np.ndarray], tiles: TileLayout, precision: Precision, device: torch.device,
+                 output_size: int, batch_size: int, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`infer` in the `tiles` geometry: one image at a time, its tiles in batches (memory bounded by one image).
+
+    Every branch's score is the top-k mean of its stitched map (the fused one's too: top-k of a sum is not a sum of
+    top-ks, and the ONNX file, a per-tile model, has only the output map to score).
+    """
+    names, maps, scores = model.branches, [], []
+    bar = progress_bar(len(images), "evaluate", "images", enabled=progress)
+    for image in images:
+        height, width = image.shape[:2]
+        stitcher = Stitcher(tiles, height, width, channels=len(names))
+        boxes = tiles.boxes(height, width)
+        for start in range(0, len(boxes), batch_size):
+            chunk = boxes[start : start + batch_size]
+            x = to_device(torch.from_numpy(tiles.tiles(image, chunk)).permute(0, 3, 1, 2), device).float().div_(255)
+            with precision.autocast(device):
+                outputs = model.forward_branches(x.contiguous(memory_format=precision.memory_format()), (tiles.size, tiles.size))
+            stitcher.add(torch.cat(outputs[0::2], dim=1).float().cpu().numpy(), chunk)
+        image_maps, image_scores = scored_maps(stitcher.result(), (output_size, output_size), model.config.top_k)
+        maps.append(image_maps)
+        scores.append(image_scores)
+        bar.update(1)
+    bar.close()
+    stacked_maps, stacked_scores = torch.from_numpy(np.stack(maps)), torch.from_numpy(np.stack(scores))
+    return {name: (stacked_maps[:, i], stacked_scores[:, i]) for i, name in enumerate(names)}
+
+
 def evaluate(
     model: PFADSeg,
     samples: list[Sample],
@@ -105,14 +161,16 @@ def evaluate(
     cache: ImageCache | None = None,
     progress: bool = True,
     compile: bool = False,
+    tiles: TileLayout | None = None,
 ) -> Evaluation:
-    """Score every test sample with every branch; ground truth at ``eval_size`` (bilinear resize, threshold 0.5)."""
+    """Score every test sample with every branch (in the ``tiles`` geometry when given); ground truth at ``eval_size``
+    (bilinear resize, threshold 0.5)."""
     cache = ImageCache() if cache is None else cache
-    images = load_images(samples, image_size, cache)
+    images = load_inputs(samples, image_size, tiles, cache)
     masks = load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
     labels = np.array([s.label for s in samples])
     branches = {}
-    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile).items():
+    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile, tiles).items():
         maps, scores = maps.numpy(), scores.numpy()
         branches[name] = BranchResult(maps, scores, evaluate_maps(maps, masks, scores, labels))
     return Evaluation(samples=samples, output=model.output_branch, branches=branches, masks=masks)
@@ -185,7 +243,8 @@ def evaluate_run(
         raise PfadsegError(f"{data.root}: the dataset has no test images")
     recipe = run.config.train
     evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device,
-                          recipe.eval_batch_size, splits.binarize_at, progress=progress, compile=compile)
+                          recipe.eval_batch_size, splits.binarize_at, progress=progress, compile=compile,
+                          tiles=run.config.data.tile_layout(recipe.image_size))
     name = "metrics" + ("" if own_data else f"-{splits.name}") + ("" if precision == "fp32" else f"-{precision}")
     write_metrics(run.run_dir, evaluation, f"{name}.json", precision)
     return evaluation

@@ -26,7 +26,7 @@ from pfadseg.data.datasets import load_images, load_splits
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path
 from pfadseg.models.deployed import DeployedModel
-from pfadseg.onnx_backend import META_IMAGE_SIZE, META_THRESHOLDS, OnnxBackend
+from pfadseg.onnx_backend import META_GEOMETRY, META_IMAGE_SIZE, META_THRESHOLDS, OnnxBackend
 from pfadseg.rundir import load_run
 from pfadseg.thresholds import load_thresholds
 from pfadseg.version import __version__
@@ -98,8 +98,9 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bo
 
     run = load_run(run_dir, device="cpu", precision="fp32")
     config = run.config
-    size = config.train.image_size
-    deployed = DeployedModel(run.model.to(memory_format=torch.contiguous_format), config.train.eval_size).eval()
+    size, tiles = config.train.image_size, config.data.tile_layout(config.train.image_size)
+    # In the `tiles` geometry the file is a per-tile model (the map at the tile's size); the predictor stitches and scores.
+    deployed = DeployedModel(run.model.to(memory_format=torch.contiguous_format), size if tiles else config.train.eval_size).eval()
     out = Path(out) if out else run.run_dir / "model.onnx"
     images = None
     if check:  # read the check images first: a missing dataset fails before anything is written
@@ -113,7 +114,10 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bo
                               external_data=False,  # one self-contained file, no weights file beside it
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
         model = onnx.load(str(tmp))
-        metadata = {META_IMAGE_SIZE: str(size), META_THRESHOLDS: json.dumps(load_thresholds(run.run_dir)),
+        geometry = {"geometry": config.data.geometry, "eval_size": config.train.eval_size, "top_k": config.model.top_k}
+        if tiles is not None:
+            geometry.update(scale=tiles.scale, overlap=tiles.overlap)
+        metadata = {META_IMAGE_SIZE: str(size), META_THRESHOLDS: json.dumps(load_thresholds(run.run_dir)), META_GEOMETRY: json.dumps(geometry),
                     "pfadseg.version": __version__, "pfadseg.config": dump_yaml(config)}
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pfadseg.data.tiling import TileLayout
 from pfadseg.errors import PfadsegError
 
 #: Metadata keys ``pfadseg export`` writes into the ONNX file.
 META_IMAGE_SIZE = "pfadseg.image_size"
 META_THRESHOLDS = "pfadseg.thresholds"
+META_GEOMETRY = "pfadseg.geometry"  # JSON: eval_size, top_k, and for the `tiles` geometry its scale and overlap
 
 
 class OnnxBackend:
@@ -37,6 +39,10 @@ class OnnxBackend:
             self.image_size = int(meta[META_IMAGE_SIZE])
             stored = json.loads(meta[META_THRESHOLDS])
             self.thresholds = {"image": float(stored["image"]), "pixel": float(stored["pixel"]), "precision": stored.get("precision")}
+            geometry = json.loads(meta.get(META_GEOMETRY, "{}"))  # absent in files exported before tiles existed: square
+            self.eval_size, self.top_k = int(geometry.get("eval_size", self.image_size)), int(geometry.get("top_k", 100))
+            self.tiles = (TileLayout(self.image_size, float(geometry["scale"]), float(geometry["overlap"]))
+                          if geometry.get("geometry") == "tiles" else None)
         except (KeyError, ValueError, TypeError) as err:
             raise PfadsegError(f"{path}: not a pfadseg export (metadata {err} missing or unreadable)") from None
 

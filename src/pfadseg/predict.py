@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pfadseg.data.images import find_images, read_image, resize_image, resize_map
+from pfadseg.data.tiling import Stitcher, TileLayout, scored_maps
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.progress import Progress, progress_bar
@@ -54,13 +55,18 @@ class Backend(Protocol):
     """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,).
 
     ``precision``: what the scores are computed in; ``thresholds``: image and pixel thresholds, and the
-    precision of the scores they were set on (None: unknown).
+    precision of the scores they were set on (None: unknown). ``tiles``: the `tiles` geometry's layout (the
+    batches are then tiles, whose maps the predictor stitches and scores as evaluation does, at ``eval_size``²
+    with ``top_k``), or None.
     """
 
     name: str
     image_size: int
     precision: str
     thresholds: dict[str, Any]
+    tiles: TileLayout | None
+    eval_size: int
+    top_k: int
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -95,16 +101,33 @@ def threshold_warning(backend: Backend) -> str | None:
 class Predictor:
     """Runs a backend on images of any size; maps come back at each image's own size, decisions use its thresholds."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, batch_size: int = 8) -> None:
         self.backend = backend
         self.thresholds = backend.thresholds
+        self.batch_size = batch_size  # tiles per forward pass in the `tiles` geometry
 
     def predict_arrays(self, images: list[np.ndarray], paths: list[Path]) -> list[Prediction]:
-        """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size."""
+        """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size, or each image's tiles."""
+        if self.backend.tiles is not None:
+            return [self._predict_tiles(image, path) for image, path in zip(images, paths)]
         size = self.backend.image_size
         maps, scores = self.backend(np.stack([resize_image(a, size) for a in images]))
         return [Prediction(path, resize_map(m, image.shape[:2]), float(score), float(score) >= self.thresholds["image"])
                 for image, path, m, score in zip(images, paths, maps, scores)]
+
+    def _predict_tiles(self, image: np.ndarray, path: Path) -> Prediction:
+        """One image in the `tiles` geometry: its tiles in batches, stitched, scored at the evaluation size (as ``pfadseg test``)."""
+        backend, tiles = self.backend, self.backend.tiles
+        height, width = image.shape[:2]
+        scaled = resize_image(image, tiles.scaled_size(height, width))
+        boxes = tiles.boxes(*scaled.shape[:2])
+        stitcher = Stitcher(tiles, *scaled.shape[:2])
+        for start in range(0, len(boxes), self.batch_size):
+            chunk = boxes[start : start + self.batch_size]
+            stitcher.add(backend(tiles.tiles(scaled, chunk))[0][:, None], chunk)
+        stitched = stitcher.result()
+        score = float(scored_maps(stitched, (backend.eval_size, backend.eval_size), backend.top_k)[1][0])
+        return Prediction(path, resize_map(stitched[0], (height, width)), score, score >= self.thresholds["image"])
 
     def predict_file(self, path: str | Path) -> Prediction:
         """One image file → its prediction."""
@@ -150,7 +173,7 @@ def predict_to_folder(
     """
     if batch_size < 1:
         raise PfadsegError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(open_backend(model, device, compile, batch_size, precision))
+    predictor = Predictor(open_backend(model, device, compile, batch_size, precision), batch_size)
     items = collect_inputs(inputs, out_dir)
     started = time.perf_counter()
     bar = progress_bar(len(items), f"predict ({predictor.backend.name})", "images", enabled=progress)

@@ -22,8 +22,11 @@ class TorchBackend:
         self.precision = precision
         self.thresholds = load_thresholds(run_dir, precision)
         self.run = load_run(run_dir, device, precision)
-        self.image_size = self.run.config.train.image_size
-        self.deployed = DeployedModel(self.run.model, self.run.config.train.eval_size).eval()
+        config = self.run.config
+        self.image_size, self.eval_size, self.top_k = config.train.image_size, config.train.eval_size, config.model.top_k
+        self.tiles = config.data.tile_layout(self.image_size)
+        # A tile's map is wanted at the tile's own size, for stitching; a whole image's at the evaluation size.
+        self.deployed = DeployedModel(self.run.model, self.eval_size if self.tiles is None else self.image_size).eval()
         self.forward = self.deployed if compile_batch is None else compile_fixed_batch(self.deployed, compile_batch)
         self.name = f"pytorch {precision}" + (", compiled" if compile_batch is not None else "")
 

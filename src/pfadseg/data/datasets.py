@@ -50,9 +50,11 @@ from pfadseg.data.images import (
     check_mask_matches,
     image_size_hw,
     list_images,
+    native_size,
     normalise_extensions,
     parallel_map,
 )
+from pfadseg.data.tiling import TileLayout
 from pfadseg.errors import PfadsegError
 
 
@@ -435,10 +437,22 @@ class DataConfig:
     procedural_textures: int = 128
     augmentation: str = "auto"  # per-category normal-image augmentation: auto (by category name), none, or a category name
     brightness: float = 0.0  # normal-image brightness jitter: scale by U(1 - b, 1 + b); 0 = off (as published)
+    # How images enter the network: `square` squashes each to the training size (both papers' protocol); `tiles`
+    # resizes each by tile_scale (1: native pixels), keeps its aspect and cuts it into overlapping tiles of the
+    # training size: random tiles in training, all of them, stitched, in inference (data/tiling.py).
+    geometry: Literal["square", "tiles"] = "square"
+    tile_scale: float = 1.0
+    tile_overlap: float = 0.25  # fraction of a tile that neighbouring inference tiles share
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.brightness < 1.0:
             raise ValueError(f"data.brightness must be in [0, 1), got {self.brightness}")
+        if self.geometry == "tiles":
+            TileLayout(1, self.tile_scale, self.tile_overlap)  # checks the two values
+
+    def tile_layout(self, image_size: int) -> TileLayout | None:
+        """The tiles of the `tiles` geometry for a network input of ``image_size``; None for `square`."""
+        return TileLayout(image_size, self.tile_scale, self.tile_overlap) if self.geometry == "tiles" else None
 
 
 
@@ -487,6 +501,21 @@ def load_images(
     if not arrays:
         return torch.zeros((0, 3, h, w), dtype=torch.uint8)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_scaled_images(samples: Iterable[Sample], layout: TileLayout, cache: ImageCache | None = None,
+                       workers: int | None = None) -> list[np.ndarray]:
+    """Images of ``samples`` as RGB uint8 arrays (H, W, 3) at the size ``layout`` tiles them at (aspect kept)."""
+    cache = cache if cache is not None else ImageCache(enabled=False)
+
+    def read(path: Path) -> np.ndarray:
+        width, height = native_size(path)
+        return cache.image(path, layout.scaled_size(height, width))
+
+    samples = list(samples)
+    paths = list(dict.fromkeys(s.image_path for s in samples))
+    decoded = dict(zip(paths, parallel_map(read, paths, workers)))
+    return [decoded[s.image_path] for s in samples]
 
 
 def load_masks(

@@ -8,8 +8,30 @@ from pfadseg.data.augment import NormalAugmentation
 from pfadseg.data.synthesis import AnomalySynthesizer
 
 
+class RandomTiles:
+    """Training images of the `tiles` geometry (uint8 (3, H, W) each, any sizes, on the device): a batch is one random
+    tile of ``size``² from each drawn image."""
+
+    def __init__(self, images: list[torch.Tensor], size: int) -> None:
+        self.images = images
+        self.size = size
+        self.device = images[0].device if images else torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, 3, size, size) uint8: a tile at a uniformly drawn position of each image in ``indices``."""
+        tiles = []
+        for i in indices.tolist():
+            image = self.images[i]
+            top, left = (int(torch.randint(extent - self.size + 1, (), generator=generator)) for extent in image.shape[1:])
+            tiles.append(image[:, top : top + self.size, left : left + self.size])
+        return torch.stack(tiles)
+
+
 class BatchMaker:
-    """Draws (clean, synthetic, mask) batches from images cached on the device as uint8.
+    """Draws (clean, synthetic, mask) batches from images cached on the device as uint8 (whole, or as random tiles).
 
     Two generators make a run reproducible and resumable: ``sampling`` (CPU, the same seed on
     every rank, so data-parallel ranks take disjoint slices of one draw) and ``synthesis`` (on
@@ -18,7 +40,7 @@ class BatchMaker:
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | RandomTiles,
         synthesizer: AnomalySynthesizer,
         augmentation: NormalAugmentation,
         batch_size: int,
@@ -47,7 +69,10 @@ class BatchMaker:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """clean (B,3,H,W) in [0,1], synthetic (B,3,H,W), mask (B,1,H,W) in {0,1}."""
-        clean = self.images[self.indices().to(self.images.device)].float().div_(255)
+        if isinstance(self.images, RandomTiles):  # tile positions come from the sampling generator: resume stays exact
+            clean = self.images.take(self.indices(), self.sampling).float().div_(255)
+        else:
+            clean = self.images[self.indices().to(self.images.device)].float().div_(255)
         clean = self.augmentation(clean, self.synthesis)
         synthetic, mask = self.synthesizer(clean, self.synthesis)
         fmt = self.memory_format

@@ -15,17 +15,17 @@ from pfadseg.calibration import calibrate, format_calibration
 from pfadseg.checkpoint import CONFIG_FILE
 from pfadseg.config import RunConfig, TrainConfig, dump_yaml
 from pfadseg.data.augment import normal_augmentation
-from pfadseg.data.datasets import DatasetSplits, Sample, holdout_split, load_images, load_masks, load_splits
+from pfadseg.data.datasets import DatasetSplits, Sample, holdout_split, load_masks, load_splits
 from pfadseg.data.images import ImageCache
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.data.textures import load_texture_source
 from pfadseg.environment import environment
-from pfadseg.evaluate import Evaluation, evaluate, write_metrics
+from pfadseg.evaluate import Evaluation, Inputs, evaluate, load_inputs, write_metrics
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.models import PFADSeg, build_model
 from pfadseg.rundir import CHECKPOINT_FILE, RUN_INFO_FILE, absolute_paths, check_run_dir, load_run_config, save_model
 from pfadseg.thresholds import THRESHOLDS_FILE
-from pfadseg.training.batches import BatchMaker
+from pfadseg.training.batches import BatchMaker, RandomTiles
 from pfadseg.training.distributed import Distributed, init_distributed
 from pfadseg.training.runtime import DECISION_PRECISION, Precision, resolve_device, resolve_precision
 from pfadseg.training.trainer import Trainer
@@ -52,7 +52,7 @@ class RunData:
     """A run's images, decoded before anything is written: a bad file fails first."""
 
     splits: DatasetSplits
-    train_images: torch.Tensor  # (N, 3, S, S) uint8 on the device
+    train_images: Inputs  # square: (N, 3, S, S) uint8 on the device; tiles: RGB arrays at the tiled size
     held_out: list[Sample]  # normal training images kept aside to set the OK/NG thresholds
     textures: torch.Tensor
     cache: ImageCache
@@ -67,8 +67,11 @@ def load_run_data(config: RunConfig, device: torch.device, log: Callable[[str], 
     train_samples, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
     if held_out:
         log(f"calibration: {len(held_out)} normal training images held out to set the OK/NG thresholds")
-    images = load_images(train_samples, size, cache).to(device)
-    load_images(held_out + splits.test, size, cache)
+    tiles = config.data.tile_layout(size)
+    images = load_inputs(train_samples, size, tiles, cache)
+    if tiles is None:
+        images = images.to(device)
+    load_inputs(held_out + splits.test, size, tiles, cache)
     load_masks(splits.test, config.train.eval_size, cache, binarize_at=splits.binarize_at)
     textures = load_texture_source(config.data, size, config.seed).to(device)
     return RunData(splits, images, held_out, textures, cache)
@@ -123,8 +126,12 @@ def train(
 def _trainer(model: PFADSeg, config: RunConfig, data: RunData, precision: Precision, run_dir: Path, device: torch.device,
              distributed: Distributed) -> Trainer:
     """The Trainer over this rank's batches of the run's images."""
+    size = config.train.image_size
+    images = data.train_images
+    if config.data.geometry == "tiles":
+        images = RandomTiles([torch.tensor(a).permute(2, 0, 1).to(device) for a in images], size)  # a copy: cached arrays are read-only
     batches = BatchMaker(
-        data.train_images,
+        images,
         AnomalySynthesizer(data.textures, config.synthesis),
         normal_augmentation(config.data),
         distributed.per_rank_batch(config.train.batch_size),
@@ -139,7 +146,8 @@ def _trainer(model: PFADSeg, config: RunConfig, data: RunData, precision: Precis
 def _log_plan(config: RunConfig, trainer: Trainer, device: torch.device, log: Callable[[str], None]) -> None:
     recipe, size = config.train, config.train.image_size
     log(f"training on {device} ({trainer.precision.name}; {trainer.formats.describe()}): "
-        f"{recipe.student_steps} student + {recipe.segmentation_steps} segmentation steps, batch {recipe.batch_size}, {size}×{size}")
+        f"{recipe.student_steps} student + {recipe.segmentation_steps} segmentation steps, batch {recipe.batch_size}, {size}×{size}"
+        + (f" tiles of the images scaled by {config.data.tile_scale:g}" if config.data.geometry == "tiles" else ""))
     if trainer.distributed.enabled:
         log(f"data-parallel over {trainer.distributed.world_size} processes, {trainer.batches.batch_size} images each per step")
 
@@ -156,14 +164,15 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
     evaluation = None
     recipe = config.train
     precision = DECISION_PRECISION
+    tiles = config.data.tile_layout(recipe.image_size)
     model.to(memory_format=precision.memory_format())
     if config.bank.enabled:  # the trained weights are saved above first: a failure here loses no training
-        held_out_images = load_images(data.held_out, recipe.image_size, data.cache)
+        held_out_images = load_inputs(data.held_out, recipe.image_size, tiles, data.cache)
         log(add_memory_bank(model, data.train_images, held_out_images, config, device, progress).summary())
         save_model(model, config, run_dir)
     if data.splits.test:
         evaluation = evaluate(model, data.splits.test, recipe.image_size, recipe.eval_size, precision, device,
-                              recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress)
+                              recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress, tiles=tiles)
     if data.held_out:
         thresholds = calibrate(model, data.held_out, evaluation, config, precision, device, cache=data.cache)
         write_json_atomic(run_dir / THRESHOLDS_FILE, thresholds)

@@ -1,0 +1,97 @@
+"""The `tiles` input geometry: images scaled once, cut into overlapping square tiles, and the tiles' maps stitched back.
+
+The network always sees tiles of its training size, so the blocks that pool over the whole input (AFF, PCAR's grid
+pools, RCM, ASPP) see the same extent in training and inference; nothing is squashed or padded. NumPy only: the
+ONNX prediction path tiles and stitches with this same code (docs/design.md, "Input geometry").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pfadseg.data.images import resize_map
+
+#: The image score's top-k is stated per this many evaluated pixels (256², both papers' evaluation size).
+TOP_K_AREA = 256 * 256
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Tiles of ``size``² taken from the images resized by ``scale``, neighbours overlapping by ``overlap`` of a tile."""
+
+    size: int
+    scale: float = 1.0
+    overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.scale <= 0 or not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"tiles need a positive size and scale and an overlap in [0, 1), got {self}")
+
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height × width`` is tiled at: scaled, and enlarged (aspect kept) to hold one tile."""
+        h, w = height * self.scale, width * self.scale
+        grow = max(1.0, self.size / min(h, w))
+        return max(self.size, round(h * grow)), max(self.size, round(w * grow))
+
+    def starts(self, length: int) -> list[int]:
+        """Offsets of the tiles along one side of ``length`` (≥ size): evenly spread, the first at 0, the last at the end."""
+        if length < self.size:
+            raise ValueError(f"a side of {length} pixels cannot hold a tile of {self.size}")
+        stride = max(1, round(self.size * (1.0 - self.overlap)))
+        count = math.ceil((length - self.size) / stride) + 1
+        if count == 1:
+            return [0]
+        return [round(i * (length - self.size) / (count - 1)) for i in range(count)]
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(top, left) of every tile of a ``height × width`` image, row by row."""
+        return [(top, left) for top in self.starts(height) for left in self.starts(width)]
+
+    def window(self) -> np.ndarray:
+        """Blending weight of a tile (size, size): 1 inside, falling linearly towards each edge over the overlap."""
+        ramp = max(1.0, self.size * self.overlap)
+        i = np.arange(self.size, dtype=np.float64) + 0.5
+        edge = np.minimum(1.0, np.minimum(i, self.size - i) / ramp)
+        return np.outer(edge, edge).astype(np.float32)
+
+    def tiles(self, image: np.ndarray, boxes: list[tuple[int, int]]) -> np.ndarray:
+        """The tiles of an RGB uint8 image (H, W, 3) at ``boxes`` → (n, size, size, 3)."""
+        return np.stack([image[top : top + self.size, left : left + self.size] for top, left in boxes])
+
+
+class Stitcher:
+    """Accumulates tiles' maps (..., size, size) into one (..., H, W) map, each pixel the window-weighted mean of its tiles."""
+
+    def __init__(self, layout: TileLayout, height: int, width: int, channels: int = 1) -> None:
+        self.layout = layout
+        self.window = layout.window()
+        self.total = np.zeros((channels, height, width), dtype=np.float32)
+        self.weight = np.zeros((height, width), dtype=np.float32)
+
+    def add(self, maps: np.ndarray, boxes: list[tuple[int, int]]) -> None:
+        """``maps`` (n, channels, size, size) of the tiles at ``boxes``."""
+        s = self.layout.size
+        for tile_map, (top, left) in zip(maps, boxes, strict=True):
+            self.total[:, top : top + s, left : left + s] += tile_map * self.window
+            self.weight[top : top + s, left : left + s] += self.window
+
+    def result(self) -> np.ndarray:
+        """The stitched (channels, H, W) map; every pixel must have been covered by a tile."""
+        if not (self.weight > 0).all():
+            raise ValueError("the tiles added do not cover the image")
+        return self.total / self.weight
+
+
+def top_k_score(anomaly_map: np.ndarray, top_k: int) -> float:
+    """Mean of the highest pixels of a map, ``top_k`` of them per 256² pixels (so a score means the same at every size)."""
+    k = min(anomaly_map.size, max(1, round(top_k * anomaly_map.size / TOP_K_AREA)))
+    return float(np.partition(anomaly_map.ravel(), anomaly_map.size - k)[-k:].mean())
+
+
+def scored_maps(stitched: np.ndarray, eval_size: tuple[int, int], top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stitched maps (channels, H, W) resized to ``eval_size`` (Pillow bilinear), and each one's top-k score."""
+    resized = np.stack([resize_map(channel, eval_size) for channel in stitched])
+    return resized, np.array([top_k_score(m, top_k) for m in resized], dtype=np.float32)

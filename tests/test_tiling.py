@@ -1,0 +1,142 @@
+"""The `tiles` input geometry: the tile grid, stitching, area-scaled scores, random training tiles, and a tiled run
+end to end (training, bank + fusion, evaluation, prediction through PyTorch and ONNX)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import _write_tiny_mvtec
+
+from pfadseg.cli import main
+from pfadseg.data.tiling import Stitcher, TileLayout, top_k_score
+from pfadseg.training.batches import RandomTiles
+
+STRIP = (40, 104)  # height, width of the tiled run's images: not square, not a multiple of the tile
+
+
+@pytest.mark.parametrize("size,overlap,height,width", [(32, 0.25, 40, 104), (16, 0.5, 16, 97), (8, 0.0, 8, 8), (30, 0.1, 31, 300)])
+def test_tile_grid_covers_every_pixel_inside_the_image_with_the_overlap_asked(size, overlap, height, width):
+    layout = TileLayout(size, overlap=overlap)
+    covered = np.zeros((height, width), int)
+    for top, left in layout.boxes(height, width):
+        assert 0 <= top <= height - size and 0 <= left <= width - size
+        covered[top : top + size, left : left + size] += 1
+    assert (covered > 0).all()
+    for length in (height, width):
+        starts = layout.starts(length)
+        assert starts[0] == 0 and starts[-1] == length - size
+        assert all(size - (b - a) >= size * overlap - 1 for a, b in zip(starts, starts[1:]))  # neighbours share ≥ the overlap
+
+
+def test_stitching_the_tiles_cut_from_a_map_gives_the_map_back():
+    layout = TileLayout(16, overlap=0.3)
+    rng = np.random.default_rng(0)
+    for values in (np.full((2, 37, 70), 0.25, np.float32), rng.random((2, 37, 70)).astype(np.float32)):
+        boxes = layout.boxes(37, 70)
+        stitcher = Stitcher(layout, 37, 70, channels=2)
+        half = len(boxes) // 2  # added in two batches, as inference does
+        for chunk in (boxes[:half], boxes[half:]):
+            stitcher.add(np.stack([values[:, top : top + 16, left : left + 16] for top, left in chunk]), chunk)
+        np.testing.assert_allclose(stitcher.result(), values, rtol=1e-6)
+    assert layout.window().min() > 0 and layout.window().max() == 1.0
+
+
+def test_stitching_blends_disagreeing_tiles_smoothly():
+    """Where two tiles disagree, the stitched map moves from one to the other across their overlap, with no step."""
+    layout = TileLayout(20, overlap=0.5)
+    boxes = layout.boxes(20, 30)
+    stitcher = Stitcher(layout, 20, 30)
+    stitcher.add(np.stack([np.full((1, 20, 20), float(i)) for i in range(len(boxes))]), boxes)
+    row = stitcher.result()[0, 10]
+    assert row[0] == 0 and row[-1] == len(boxes) - 1
+    assert (np.diff(row) >= 0).all() and np.diff(row).max() < 0.5
+
+
+def test_scaled_size_keeps_the_aspect_and_always_holds_one_tile():
+    assert TileLayout(64, scale=0.5).scaled_size(2000, 8000) == (1000, 4000)
+    assert TileLayout(64, scale=0.5).scaled_size(100, 400) == (64, 256)  # 50 × 200 grown to hold a tile
+    with pytest.raises(ValueError):
+        TileLayout(64, overlap=1.0)
+
+
+def test_image_score_takes_top_k_per_256_squared_pixels():
+    """The same defect on a map of four times the area (both sides doubled) keeps its score."""
+    small = np.zeros((256, 256), np.float32)
+    small[:5, :5] = 1.0  # 25 hot pixels of the 100 that 256² averages
+    large = np.kron(small, np.ones((2, 2), np.float32))  # 100 hot pixels of the 400 averaged at 512²
+    assert top_k_score(small, 100) == pytest.approx(0.25)
+    assert top_k_score(large, 100) == pytest.approx(0.25)
+
+
+def test_random_training_tiles_lie_inside_their_image_and_follow_the_generator():
+    images = [torch.arange(3 * h * w, dtype=torch.int32).reshape(3, h, w) for h, w in ((20, 50), (33, 21))]
+    tiles = RandomTiles(images, 16)
+    taken = tiles.take(torch.tensor([0, 1, 0]), torch.Generator().manual_seed(3))
+    assert taken.shape == (3, 3, 16, 16)
+    for tile, i in zip(taken, (0, 1, 0)):
+        h, w = images[i].shape[1:]
+        top, left = divmod(int(tile[0, 0, 0]), w)
+        assert top + 16 <= h and left + 16 <= w
+        assert torch.equal(tile, images[i][:, top : top + 16, left : left + 16])
+    assert torch.equal(taken, tiles.take(torch.tensor([0, 1, 0]), torch.Generator().manual_seed(3)))
+
+
+@pytest.fixture(scope="module")
+def tiled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debug run in the `tiles` geometry (32² tiles of 40 × 104 images) with a fused memory bank."""
+    root = tmp_path_factory.mktemp("tiled")
+    data = _write_tiny_mvtec(root / "data", size=STRIP)
+    run = root / "run"
+    args = ["train", "--data", str(data), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
+            "--image-size", "32", "--holdout", "0.25", "--out", str(run), "--quiet", "--set", "data.geometry=tiles",
+            "--set", "bank.enabled=true"]
+    assert main(args) == 0
+    return run
+
+
+def test_a_tiled_run_fuses_and_scores_every_branch_on_stitched_maps(tiled_run: Path):
+    from pfadseg.evaluate import evaluate_run
+
+    metrics = json.loads((tiled_run / "metrics.json").read_text())
+    assert metrics["output"] == "fused" and set(metrics["branches"]) == {"segmentation", "student_teacher", "knn", "fused"}
+    evaluation = evaluate_run(tiled_run, progress=False)
+    assert evaluation.maps.shape[1:] == (256, 256)
+    assert evaluation.metrics == pytest.approx({k: metrics[k] for k in evaluation.metrics})
+    for branch in evaluation.branches.values():  # each score is its own stitched map's top-k mean
+        assert branch.scores == pytest.approx([top_k_score(m, 100) for m in branch.maps], rel=1e-5)
+
+
+def test_tiled_prediction_gives_native_maps_and_the_scores_evaluation_gives(tiled_run: Path):
+    from pfadseg.evaluate import evaluate_run
+    from pfadseg.predict import Predictor
+    from pfadseg.torch_backend import TorchBackend
+
+    evaluation = evaluate_run(tiled_run, progress=False)
+    predictor = Predictor(TorchBackend(tiled_run), batch_size=3)
+    for sample, score in zip(evaluation.samples, evaluation.scores):
+        prediction = predictor.predict_file(sample.image_path)
+        assert prediction.anomaly_map.shape == STRIP
+        assert prediction.score == pytest.approx(float(score), abs=1e-5)
+
+
+def test_onnx_and_pytorch_tile_and_stitch_identically(tiled_run: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from pfadseg.export import export_onnx
+    from pfadseg.onnx_backend import OnnxBackend
+    from pfadseg.predict import Predictor
+    from pfadseg.torch_backend import TorchBackend
+
+    out = tmp_path / "tiled.onnx"
+    assert export_onnx(tiled_run, out).images > 0
+    onnx_backend = OnnxBackend(out)
+    assert onnx_backend.tiles == TileLayout(32, 1.0, 0.25)
+    image = np.random.default_rng(1).integers(0, 256, (90, 250, 3), dtype=np.uint8)  # larger than any training image
+    onnx_pred = Predictor(onnx_backend).predict_arrays([image], [Path("x.png")])[0]
+    torch_pred = Predictor(TorchBackend(tiled_run)).predict_arrays([image], [Path("x.png")])[0]
+    assert onnx_pred.anomaly_map.shape == torch_pred.anomaly_map.shape == (90, 250)
+    np.testing.assert_allclose(onnx_pred.anomaly_map, torch_pred.anomaly_map, atol=1e-4)
+    assert onnx_pred.score == pytest.approx(torch_pred.score, abs=1e-5)
