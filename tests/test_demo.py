@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from pfadseg.data.datasets import load_mvtec
 from pfadseg.data.demo_generator import (
@@ -84,3 +85,24 @@ def test_render_is_deterministic() -> None:
     a, ma = render_demo_item(item, seed=7)
     b, mb = render_demo_item(item, seed=7)
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_the_strip_category_is_a_wide_image_with_defects_a_few_pixels_wide() -> None:
+    """``strip`` (opt-in): 2:8 line-scan images whose defects change exactly their mask, and are thin or small."""
+    assert "strip" not in DEMO_CATEGORIES  # `pfadseg demo` keeps its two categories and its ten minutes
+    for item in demo_items("strip", DemoConfig(size=64, train_good=1, test_good=1, test_defective=6)):
+        image, mask = render_demo_item(item, seed=0, size=64)
+        twin, _ = render_demo_item(item, seed=0, size=64, with_defect=False)
+        assert image.shape == (128, 512, 3) and mask.shape == (128, 512)
+        assert np.array_equal((image != twin).any(axis=2), mask)
+        if item.defect_type == "good":
+            continue
+        assert 0 < mask.mean() < 0.01, item  # under 1 % of the image
+        assert ndimage.binary_erosion(mask, iterations=6).sum() == 0, item  # nowhere 13 pixels thick
+
+
+def test_unknown_demo_category_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    from pfadseg.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--categories", "fabric,bolts", "--quiet"]) != 0
+    assert "unknown demo category 'bolts'" in capsys.readouterr().err

@@ -220,7 +220,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pfadseg.demo import run_demo
 
     overrides = [parse_override(text) for text in args.set or []]
-    run_demo(Path(args.out), device=args.device, seed=args.seed, preset=args.preset, progress=not args.quiet, overrides=overrides)
+    run_demo(Path(args.out), device=args.device, seed=args.seed, preset=args.preset, progress=not args.quiet, overrides=overrides,
+             categories=tuple(c for c in args.categories.split(",") if c))
     return 0
 
 
@@ -379,6 +380,9 @@ def _demo_parser(sub) -> None:
     p.add_argument("--out", default="pfadseg_demo", help="output folder (default ./pfadseg_demo)")
     p.add_argument("--preset", default="demo", help="training budget (default demo: about 9 minutes for both categories on a 2-core CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0); the demo data are the same for every seed")
+    p.add_argument("--categories", default="", help="comma-separated demo categories (default: fabric,washer); also strip: "
+                   "512 × 2048 line-scan strips with cracks, pits and scratches a few pixels wide, for the tiles geometry "
+                   "(--set data.geometry=tiles)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any configuration value, e.g. train.seg_warmup_steps=0 "
                    "(repeatable)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

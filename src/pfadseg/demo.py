@@ -18,7 +18,8 @@ from PIL import Image
 
 from pfadseg.benchmark import BenchmarkResults
 from pfadseg.config import merge, preset_config
-from pfadseg.data.demo_generator import write_demo_dataset
+from pfadseg.data.demo_generator import DEMO_CATEGORIES, write_demo_dataset
+from pfadseg.errors import PfadsegError
 from pfadseg.evaluate import Evaluation, format_metrics_table
 from pfadseg.fileio import atomic_path
 from pfadseg.metrics import METRIC_KEYS
@@ -47,15 +48,19 @@ def run_demo(
     preset: str = "demo",
     progress: bool = True,
     overrides: Sequence[dict[str, Any]] = (),
+    categories: tuple[str, ...] = (),
 ) -> dict[str, dict[str, float]]:
     """Generate the demo data under ``out/data``, train one run per category under ``out/runs`` (replacing
     earlier demo runs), write ``out/pictures/<category>.png``, the results files and ``out/report.html``; print the table.
 
     ``seed`` seeds training only: the demo data are the same for every seed, so runs compare.
-    ``overrides``: nested configuration dicts applied after the preset (``--set``).
+    ``overrides``: nested configuration dicts applied after the preset (``--set``); ``categories``: default fabric and washer.
     """
     data_root = out / "data"
-    categories = write_demo_dataset(data_root, seed=DEMO_DATA_SEED)
+    try:
+        categories = write_demo_dataset(data_root, seed=DEMO_DATA_SEED, categories=categories or DEMO_CATEGORIES)
+    except ValueError as err:
+        raise PfadsegError(str(err)) from None
     print(f"demo data: {', '.join(categories)} in {data_root}")
     results = BenchmarkResults(out, preset, title="pfadseg demo")
     for category in categories:

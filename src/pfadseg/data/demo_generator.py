@@ -9,6 +9,11 @@ Categories:
   lighting jitter, brushed-metal texture, bevel highlights and a soft shadow. Defects:
   ``scratch``, ``crack``, ``missing_part`` (a chip bitten out of the rim), ``bent_tab``,
   ``contamination``.
+* ``strip`` (opt-in, not in ``pfadseg demo``'s default): a rolled steel strip seen by a line-scan
+  camera, 512 × 2048 at the default size, rolling marks along it. Defects a few pixels wide:
+  ``crack`` (a dark jagged line across the strip), ``pit`` (small round dents), ``scratch`` (a
+  long bright slanting line). Squashed to a square input they all but vanish; for the ``tiles``
+  input geometry.
 
 None of these defects is a Perlin-shaped texture blend, so the synthesis used in training does
 not produce them.
@@ -83,10 +88,11 @@ class DemoItem:
 # --------------------------------------------------------------------------- helpers
 
 
-def _grid(size: int) -> tuple[Field, Field]:
-    """Pixel-centre coordinates ``(y, x)`` as float32 ``(S, S)``."""
-    t = np.arange(size, dtype=np.float32) + 0.5
-    return np.meshgrid(t, t, indexing="ij")
+def _grid(height: int, width: int | None = None) -> tuple[Field, Field]:
+    """Pixel-centre coordinates ``(y, x)`` as float32 ``(H, W)`` (square when ``width`` is not given)."""
+    ty = np.arange(height, dtype=np.float32) + 0.5
+    tx = ty if width is None else np.arange(width, dtype=np.float32) + 0.5
+    return np.meshgrid(ty, tx, indexing="ij")
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> Field:
@@ -131,10 +137,10 @@ def _random_walk(rng: np.random.Generator, start: tuple[float, float], direction
     return np.stack(pts)
 
 
-def _lighting(p: Params, img: Field, y: Field, x: Field, size: int) -> Field:
+def _lighting(p: Params, img: Field, y: Field, x: Field) -> Field:
     """Global gain, a linear illumination gradient and sensor noise (all drawn in ``p``)."""
     gy, gx = p["gradient"]
-    light = p["gain"] * (1.0 + gy * (y / size - 0.5) + gx * (x / size - 0.5))
+    light = p["gain"] * (1.0 + gy * (y / y.shape[0] - 0.5) + gx * (x / x.shape[1] - 0.5))
     return img * light[..., None] + p["sensor_noise"]
 
 
@@ -383,7 +389,70 @@ def _washer_defect(kind: str, p: Params, clean: Field, rng: np.random.Generator,
     raise ValueError(f"unknown washer defect {kind!r}")
 
 
+# --------------------------------------------------------------------------- strip
+
+STRIP_DEFECTS = ("crack", "pit", "scratch")
+
+
+def _strip_shape(size: int) -> tuple[int, int]:
+    """A line-scan strip: twice ``size`` high, eight times wide (512 × 2048 at the default size)."""
+    return 2 * size, 8 * size
+
+
+def _strip_params(rng: np.random.Generator, size: int) -> Params:
+    """Draw everything a clean strip image depends on."""
+    h, w = _strip_shape(size)
+    return {
+        "steel": np.array([0.56, 0.57, 0.60], dtype=np.float32) * rng.uniform(0.95, 1.05),
+        # rolling marks: thin streaks along the strip, each row its own shade, drifting slowly along it
+        "streaks": 0.05 * rng.normal(0, 1, (h, 1)).astype(np.float32) * (1.0 + 0.3 * _smooth_noise(rng, w, 6)[:1]),
+        "grain": 0.04 * np.asarray(Image.fromarray(_smooth_noise(rng, 64, 60), mode="F").resize((w, h), Image.BICUBIC)),
+        "gain": rng.uniform(0.92, 1.08),
+        "gradient": rng.uniform(-0.08, 0.08, 2),
+        "sensor_noise": rng.normal(0, 0.01, (h, w, 3)).astype(np.float32),
+    }
+
+
+def _strip_render(p: Params, size: int) -> Field:
+    """Clean strip, float ``(H, W, 3)`` before lighting."""
+    return p["steel"] * (1.0 + p["streaks"] + p["grain"])[..., None]
+
+
+def _strip_defect(kind: str, p: Params, clean: Field, rng: np.random.Generator, size: int) -> tuple[Field, np.ndarray]:
+    """A strip defect a few pixels wide: ``(defective image before lighting, defect region)``."""
+    h, w = _strip_shape(size)
+    y, x = _grid(h, w)
+    cy, cx = rng.uniform(0.15 * h, 0.85 * h), rng.uniform(0.05 * w, 0.95 * w)
+    if kind == "crack":  # a dark jagged line across the rolling direction, 2–3 pixels wide
+        pts = _random_walk(rng, (cy, cx), math.pi / 2 + rng.uniform(-0.5, 0.5), rng.uniform(0.25, 0.6) * h, 10, 0.5)
+        d = _polyline_distance(pts, y, x)
+        half = rng.uniform(0.8, 1.4)
+        depth = np.clip(1.2 - d / half, 0, 1)[..., None]
+        return clean * (1.0 - 0.7 * depth), d < half + 0.5
+    if kind == "pit":  # one to three small round dents: a dark bottom and a bright rim on the lit side
+        region = np.zeros((h, w), dtype=bool)
+        out = clean.copy()
+        for _ in range(rng.integers(1, 4)):
+            py, px, r = cy + rng.uniform(-12, 12), cx + rng.uniform(-30, 30), rng.uniform(1.5, 3.5)
+            d = np.hypot(y - py, x - px)
+            out = np.where((d < r)[..., None], clean * 0.35, np.where((d < r + 1.2)[..., None] & (y < py)[..., None], clean * 1.35, out))
+            region |= d < r + 1.5
+        return out, region
+    if kind == "scratch":  # a long bright line, 1–2 pixels wide, slanting across the rolling marks
+        angle = rng.choice([-1, 1]) * rng.uniform(0.15, 0.6)
+        length = rng.uniform(0.08, 0.2) * w
+        pts = _random_walk(rng, (cy, cx - length / 2 * math.cos(angle)), angle, length, 4, 0.05)
+        d = _polyline_distance(pts, y, x)
+        half = rng.uniform(0.5, 0.9)
+        return np.where((d < half)[..., None], np.minimum(clean * 1.45, 1.0), clean), d < half + 0.5
+    raise ValueError(f"unknown strip defect {kind!r}")
+
+
 # --------------------------------------------------------------------------- registry
+
+
+def _square(size: int) -> tuple[int, int]:
+    return size, size
 
 
 @dataclass(frozen=True)
@@ -392,13 +461,16 @@ class _Category:
     params: Callable[[np.random.Generator, int], Params]
     render: Callable[[Params, int], Field]
     defect: Callable[[str, Params, Field, np.random.Generator, int], tuple[Field, np.ndarray]]
+    shape: Callable[[int], tuple[int, int]] = _square  # (height, width) of an image at the dataset's size
 
 
 _CATEGORIES: dict[str, _Category] = {
     "fabric": _Category(FABRIC_DEFECTS, _fabric_params, _fabric_render, _fabric_defect),
     "washer": _Category(WASHER_DEFECTS, _washer_params, _washer_render, _washer_defect),
+    "strip": _Category(STRIP_DEFECTS, _strip_params, _strip_render, _strip_defect, _strip_shape),
 }
-DEMO_CATEGORIES: tuple[str, ...] = tuple(_CATEGORIES)
+#: What ``pfadseg demo`` trains by default; ``strip`` (high resolution, thin defects) is asked for by name.
+DEMO_CATEGORIES: tuple[str, ...] = ("fabric", "washer")
 _SPLITS = {"train": 0, "test": 1}
 
 
@@ -406,12 +478,12 @@ def _streams(seed: int, item: DemoItem) -> tuple[np.random.Generator, np.random.
     """The scene stream and the separate defect stream of one item."""
     cat = _CATEGORIES[item.category]
     type_id = 0 if item.defect_type == "good" else 1 + cat.defects.index(item.defect_type)
-    key = [int(seed), DEMO_CATEGORIES.index(item.category), _SPLITS[item.split], type_id, item.index]
+    key = [int(seed), list(_CATEGORIES).index(item.category), _SPLITS[item.split], type_id, item.index]
     return np.random.default_rng(key + [0]), np.random.default_rng(key + [1])
 
 
 def render_demo_item(item: DemoItem, seed: int = 0, size: int = 256, with_defect: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Render one item: ``(RGB uint8 (S, S, 3), mask bool (S, S))``.
+    """Render one item: ``(RGB uint8 (H, W, 3), mask bool (H, W))``, square (S, S) except for ``strip``.
 
     ``with_defect=False`` renders the defect-free twin (same scene, no defect, empty mask).
     """
@@ -419,12 +491,12 @@ def render_demo_item(item: DemoItem, seed: int = 0, size: int = 256, with_defect
     scene_rng, defect_rng = _streams(seed, item)
     p = cat.params(scene_rng, size)
     clean = cat.render(p, size)
-    y, x = _grid(size)
-    clean_u8 = _to_uint8(_lighting(p, clean, y, x, size))
+    y, x = _grid(*cat.shape(size))
+    clean_u8 = _to_uint8(_lighting(p, clean, y, x))
     if item.defect_type == "good" or not with_defect:
-        return clean_u8, np.zeros((size, size), dtype=bool)
+        return clean_u8, np.zeros(y.shape, dtype=bool)
     defective, region = cat.defect(item.defect_type, p, clean, defect_rng, size)
-    out = np.where(region[..., None], _to_uint8(_lighting(p, defective, y, x, size)), clean_u8)
+    out = np.where(region[..., None], _to_uint8(_lighting(p, defective, y, x)), clean_u8)
     unchanged = region & (out == clean_u8).all(axis=2)
     if unchanged.any():  # make every defect pixel really differ from the clean twin
         c = clean_u8[unchanged].astype(np.int16)
@@ -472,7 +544,7 @@ def write_demo_dataset(
     names = list(categories or DEMO_CATEGORIES)
     unknown = [n for n in names if n not in _CATEGORIES]
     if unknown:
-        raise ValueError(f"unknown demo category {unknown[0]!r} (available: {', '.join(DEMO_CATEGORIES)})")
+        raise ValueError(f"unknown demo category {unknown[0]!r} (available: {', '.join(_CATEGORIES)})")
 
     def write(item: DemoItem) -> None:
         image, mask = render_demo_item(item, seed, config.size)
