@@ -30,7 +30,7 @@ def branch_outputs(run, samples) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     recipe = run.config.train
     images = load_images(samples, recipe.image_size)
     out = infer(run.model, images, run.precision, run.device, recipe.eval_size, recipe.eval_batch_size, progress=True)
-    return {name: (maps.numpy().astype(np.float64), scores.numpy().astype(np.float64)) for name, (maps, scores) in out.items()
+    return {name: (maps.astype(np.float64), scores.astype(np.float64)) for name, (maps, scores) in out.items()
             if name in ("segmentation", "knn", "fused")}
 
 

@@ -394,3 +394,25 @@ def test_evaluate_maps_undefined_raises() -> None:
         evaluate_maps(maps, np.zeros_like(masks), _image_scores(maps), labels)
     with pytest.raises(ValueError, match="one entry per map"):
         evaluate_maps(maps, masks, _image_scores(maps)[:3], labels[:3])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_maps_of_different_sizes_score_as_their_pixels_and_regions_do(seed: int) -> None:
+    """A list of maps of different sizes (images at their own aspect) gives the metrics of the same images in a stack.
+
+    Transposing an image keeps its pixels and its 8-connected regions, so [A (h × w), B (w × h)] must score exactly as
+    the stack [A, Bᵀ]; defects touching the images' shared edges check that no region spans two images.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = 9, 14
+    maps = [rng.random((h, w)).round(2), rng.random((w, h)).round(2)]
+    masks = [np.zeros((h, w), bool), np.zeros((w, h), bool)]
+    masks[0][-3:, -4:] = True  # bottom-right corner of the first ...
+    masks[1][:2, :3] = True  # ... top-left corner of the second
+    masks[1][8:11, 5:] = True
+    maps = [m + 0.5 * k for m, k in zip(maps, masks)]
+    scores, labels = np.array([0.3, 0.7]), np.array([0, 1])
+    ragged = evaluate_maps(maps, masks, scores, labels)
+    stacked = evaluate_maps(np.stack([maps[0], maps[1].T]), np.stack([masks[0], masks[1].T]), scores, labels)
+    assert ragged == pytest.approx(stacked, abs=1e-12)
+    assert iap(maps, masks) == pytest.approx(iap(np.stack([maps[0], maps[1].T]), np.stack([masks[0], masks[1].T])))

@@ -104,7 +104,7 @@ def test_a_tiled_run_fuses_and_scores_every_branch_on_stitched_maps(tiled_run: P
     metrics = json.loads((tiled_run / "metrics.json").read_text())
     assert metrics["output"] == "fused" and set(metrics["branches"]) == {"segmentation", "student_teacher", "knn", "fused"}
     evaluation = evaluate_run(tiled_run, progress=False)
-    assert evaluation.maps.shape[1:] == (256, 256)
+    assert evaluation.maps.shape[1:] == evaluation.masks.shape[1:] == (159, 413)  # the images' aspect, about 256² pixels
     assert evaluation.metrics == pytest.approx({k: metrics[k] for k in evaluation.metrics})
     for branch in evaluation.branches.values():  # each score is its own stitched map's top-k mean
         assert branch.scores == pytest.approx([top_k_score(m, 100) for m in branch.maps], rel=1e-5)

@@ -22,6 +22,7 @@ from pfadseg.data.datasets import holdout_split, load_splits
 from pfadseg.data.tiling import TileLayout
 from pfadseg.evaluate import Inputs, evaluate_run, infer, input_batches, load_inputs
 from pfadseg.fileio import write_text_atomic
+from pfadseg.metrics import pixels
 from pfadseg.models import PFADSeg
 from pfadseg.models.fusion import Fusion
 from pfadseg.models.memory_bank import build_memory_bank, coreset_size, patch_features
@@ -83,7 +84,9 @@ def add_memory_bank(model: PFADSeg, train_images: Inputs, held_out_images: Input
         branches = infer(model, held_out_images, DECISION_PRECISION, device, config.train.eval_size, config.train.eval_batch_size,
                          tiles=tiles)
         fusion = Fusion().to(device)
-        fusion.fit(*zip(*(branches[name] for name in ("segmentation", "knn"))))
+        (seg_maps, seg_scores), (knn_maps, knn_scores) = (branches[name] for name in ("segmentation", "knn"))
+        tensor = lambda values: torch.from_numpy(pixels(values))  # noqa: E731
+        fusion.fit((tensor(seg_maps), tensor(knn_maps)), (tensor(seg_scores), tensor(knn_scores)))
         model.fusion = fusion
     return BankReport(total, len(bank.patches), bank.megabytes, time.perf_counter() - started, model.fusion is not None)
 

@@ -37,7 +37,7 @@ from pfadseg.environment import environment
 from pfadseg.errors import PfadsegError
 from pfadseg.evaluate import Evaluation, evaluate_run
 from pfadseg.fileio import write_json_atomic, write_text_atomic
-from pfadseg.metrics import pr_curve, roc_curve
+from pfadseg.metrics import pixels, pr_curve, roc_curve
 from pfadseg.models.architecture import MODEL_PRESETS, ModelConfig
 from pfadseg.report import gallery_cases, write_report
 from pfadseg.results import RunRecord, averages, results_table, runs_table, summarize
@@ -101,7 +101,7 @@ def curves(evaluation: Evaluation) -> dict[str, dict[str, list[float]]]:
     """Image-level ROC and pixel-level PR curves of an evaluation, thinned for the report."""
     labels = np.array([s.label for s in evaluation.samples], dtype=bool)
     fpr, tpr = roc_curve(evaluation.scores, labels)
-    recall, precision, _ = pr_curve(evaluation.maps, evaluation.masks)
+    recall, precision, _ = pr_curve(pixels(evaluation.maps), pixels(evaluation.masks))
     return {"image_roc": _thin(fpr, tpr), "pixel_pr": _thin(recall, precision)}
 
 

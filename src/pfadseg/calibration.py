@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from pfadseg.config import RunConfig
+from pfadseg.config import RunConfig, evaluation_geometry
 from pfadseg.data.datasets import Sample, holdout_split, load_splits
 from pfadseg.data.images import ImageCache
 from pfadseg.errors import PfadsegError
-from pfadseg.evaluate import Evaluation, evaluate, infer, load_inputs, write_metrics
+from pfadseg.evaluate import Evaluation, eval_shapes, evaluate, infer, load_inputs, write_metrics
 from pfadseg.fileio import write_json_atomic
+from pfadseg.metrics import pixels
 from pfadseg.models import PFADSeg
 from pfadseg.rundir import load_run
 from pfadseg.thresholds import decision_rates, f1_threshold, format_rates, fpr_threshold, thresholds_file
@@ -40,15 +41,16 @@ def calibrate(
     recipe = config.train
     fpr = config.calibration.target_fpr if target_fpr is None else target_fpr
     tiles = config.data.tile_layout(recipe.image_size)
+    shapes = eval_shapes(held_out, evaluation_geometry(config), recipe.eval_size)
     maps, scores = infer(model, load_inputs(held_out, recipe.image_size, tiles, cache), precision, device, recipe.eval_size,
-                         recipe.eval_batch_size, tiles=tiles)[model.output_branch]
-    result: dict = {"image": fpr_threshold(scores.numpy(), fpr), "pixel": fpr_threshold(maps.numpy(), fpr), "target_fpr": fpr,
+                         recipe.eval_batch_size, tiles=tiles, shapes=shapes)[model.output_branch]
+    result: dict = {"image": fpr_threshold(scores, fpr), "pixel": fpr_threshold(pixels(maps), fpr), "target_fpr": fpr,
                     "precision": precision.name, "calibration_images": [s.rel_path for s in held_out],
                     "smallest_image_fpr": 1 / len(held_out)}
     if evaluation is not None:
         labels = np.array([s.label for s in evaluation.samples], dtype=bool)
         image_f1, image_best = f1_threshold(evaluation.scores, labels)
-        pixel_f1, pixel_best = f1_threshold(evaluation.maps, evaluation.masks)
+        pixel_f1, pixel_best = f1_threshold(pixels(evaluation.maps), pixels(evaluation.masks))
         result["f1_optimal"] = {"image": image_f1, "image_f1": image_best, "pixel": pixel_f1, "pixel_f1": pixel_best}
         result["test"] = {"calibrated": decision_rates(evaluation.scores, labels, result["image"]),
                           "f1_optimal": decision_rates(evaluation.scores, labels, image_f1)}
@@ -101,7 +103,8 @@ def recalibrate(run_dir: str | Path, target_fpr: float | None = None, device: st
     if splits.test:
         recipe = config.train
         evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device, recipe.eval_batch_size,
-                              splits.binarize_at, progress=progress, tiles=config.data.tile_layout(recipe.image_size))
+                              splits.binarize_at, progress=progress, tiles=config.data.tile_layout(recipe.image_size),
+                              eval_geometry=evaluation_geometry(config))
     thresholds = calibrate(run.model, held_out, evaluation, config, run.precision, run.device, target_fpr)
     write_json_atomic(run.run_dir / thresholds_file(precision), thresholds)
     if evaluation is not None and precision == "fp32":

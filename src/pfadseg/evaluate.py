@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pfadseg.config import evaluation_geometry
 from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_scaled_images, load_splits
-from pfadseg.data.images import ImageCache
-from pfadseg.data.tiling import Stitcher, TileLayout, scored_maps
+from pfadseg.data.images import ImageCache, native_size, resize_map
+from pfadseg.data.tiling import Stitcher, TileLayout, aspect_shape, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
@@ -35,10 +36,10 @@ class Evaluation:
     samples: list[Sample]
     output: str  # the name of the output branch
     branches: dict[str, BranchResult]
-    masks: np.ndarray  # (N, S, S) bool
+    masks: Maps  # bool, on the evaluation grid
 
     @property
-    def maps(self) -> np.ndarray:
+    def maps(self) -> Maps:
         return self.branches[self.output].maps
 
     @property
@@ -56,9 +57,9 @@ class Evaluation:
 
 @dataclass
 class BranchResult:
-    """One branch's maps (N, S, S) float32, image scores (N,) and the six metrics."""
+    """One branch's maps (float32, on the evaluation grid), image scores (N,) and the six metrics."""
 
-    maps: np.ndarray
+    maps: Maps
     scores: np.ndarray
     metrics: dict[str, float]
 
@@ -85,6 +86,31 @@ def input_batches(images: Inputs, tiles: TileLayout | None, batch_size: int) -> 
             yield torch.from_numpy(tiles.tiles(image, boxes[start : start + batch_size])).permute(0, 3, 1, 2)
 
 
+#: Maps of several images: an (N, H, W) stack, or a list of (H_i, W_i) maps when their sizes differ.
+Maps = np.ndarray | list[np.ndarray]
+Shape = tuple[int, int]
+
+
+def eval_shapes(samples: list[Sample], geometry: str, eval_size: int) -> list[Shape] | None:
+    """Each sample's (height, width) for the pixel metrics: None for `square` (eval_size² for all, the papers'
+    protocol), the image's aspect with eval_size² pixels for `aspect`, its own size for `native`."""
+    if geometry == "square":
+        return None
+    shapes = []
+    for sample in samples:
+        width, height = native_size(sample.image_path)
+        shapes.append((height, width) if geometry == "native" else aspect_shape(height, width, eval_size * eval_size))
+    return shapes
+
+
+def _at_shapes(maps: np.ndarray, shapes: list[Shape] | None) -> Maps:
+    """(N, S, S) maps resized to each image's shape (a stack when all shapes agree)."""
+    if shapes is None or all(shape == maps.shape[1:] for shape in shapes):
+        return maps
+    resized = [resize_map(m, shape) for m, shape in zip(maps, shapes)]
+    return np.stack(resized) if len(set(shapes)) == 1 else resized
+
+
 @torch.no_grad()
 def infer(
     model: PFADSeg,
@@ -96,15 +122,17 @@ def infer(
     progress: bool = False,
     compile: bool = False,
     tiles: TileLayout | None = None,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every branch's maps (N, S, S) and scores (N,) of ``images`` (see :data:`Inputs`), on the CPU, by branch name.
+    shapes: list[Shape] | None = None,
+) -> dict[str, tuple[Maps, np.ndarray]]:
+    """Every branch's maps and scores (N,) float32 of ``images`` (see :data:`Inputs`), by branch name.
 
-    ``compile``: run the model through ``torch.compile`` (faster for many images; compiling takes minutes).
-    ``tiles``: the `tiles` geometry; each image's tiles' maps are stitched, resized to S × S and scored there.
+    Maps are S × S (S = ``output_size``), or at each image's ``shapes`` when given. ``compile``: run the model
+    through ``torch.compile`` (faster for many images; compiling takes minutes). ``tiles``: the `tiles` geometry,
+    each image's tiles' maps stitched (see :func:`_infer_tiles`).
     """
     model.eval()
     if tiles is not None:
-        return _infer_tiles(model, images, tiles, precision, device, output_size, batch_size, progress)
+        return _infer_tiles(model, images, tiles, precision, device, output_size, batch_size, progress, shapes)
     size = (output_size, output_size)
     forward = compile_fixed_batch(model.forward_branches, batch_size) if compile else model.forward_branches
     parts: list[list[torch.Tensor]] = []
@@ -114,23 +142,24 @@ def infer(
         x = x.contiguous(memory_format=precision.memory_format())
         with precision.autocast(device):
             outputs = forward(x, size)
-        parts.append([o[:, 0].cpu() if o.dim() == 4 else o.cpu() for o in outputs])
+        parts.append([o[:, 0].float().cpu() if o.dim() == 4 else o.float().cpu() for o in outputs])
         bar.update(len(x))
     bar.close()
-    merged = [torch.cat(column) for column in zip(*parts)]
-    return {name: (merged[2 * i], merged[2 * i + 1]) for i, name in enumerate(model.branches)}
+    merged = [torch.cat(column).numpy() for column in zip(*parts)]
+    return {name: (_at_shapes(merged[2 * i], shapes), merged[2 * i + 1]) for i, name in enumerate(model.branches)}
 
 
 def _infer_tiles(model: PFADSeg, images: list[np.ndarray], tiles: TileLayout, precision: Precision, device: torch.device,
-                 output_size: int, batch_size: int, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                 output_size: int, batch_size: int, progress: bool, shapes: list[Shape] | None) -> dict[str, tuple[Maps, np.ndarray]]:
     """:func:`infer` in the `tiles` geometry: one image at a time, its tiles in batches (memory bounded by one image).
 
-    Every branch's score is the top-k mean of its stitched map (the fused one's too: top-k of a sum is not a sum of
-    top-ks, and the ONNX file, a per-tile model, has only the output map to score).
+    Every branch's score is the top-k mean of its stitched map at the image's aspect with S² pixels (the fused
+    one's too: top-k of a sum is not a sum of top-ks, and the ONNX file, a per-tile model, has only the output
+    map to score); the maps are resized to ``shapes`` (default S × S).
     """
     names, maps, scores = model.branches, [], []
     bar = progress_bar(len(images), "evaluate", "images", enabled=progress)
-    for image in images:
+    for n, image in enumerate(images):
         height, width = image.shape[:2]
         stitcher = Stitcher(tiles, height, width, channels=len(names))
         boxes = tiles.boxes(height, width)
@@ -140,13 +169,16 @@ def _infer_tiles(model: PFADSeg, images: list[np.ndarray], tiles: TileLayout, pr
             with precision.autocast(device):
                 outputs = model.forward_branches(x.contiguous(memory_format=precision.memory_format()), (tiles.size, tiles.size))
             stitcher.add(torch.cat(outputs[0::2], dim=1).float().cpu().numpy(), chunk)
-        image_maps, image_scores = scored_maps(stitcher.result(), (output_size, output_size), model.config.top_k)
-        maps.append(image_maps)
-        scores.append(image_scores)
+        stitched = stitcher.result()
+        scores.append(stitched_scores(stitched, output_size, model.config.top_k))
+        shape = (output_size, output_size) if shapes is None else shapes[n]
+        maps.append([resize_map(channel, shape) for channel in stitched])
         bar.update(1)
     bar.close()
-    stacked_maps, stacked_scores = torch.from_numpy(np.stack(maps)), torch.from_numpy(np.stack(scores))
-    return {name: (stacked_maps[:, i], stacked_scores[:, i]) for i, name in enumerate(names)}
+    stacked_scores = np.stack(scores)
+    uniform = len({m[0].shape for m in maps}) == 1
+    return {name: (np.stack([m[i] for m in maps]) if uniform else [m[i] for m in maps], stacked_scores[:, i])
+            for i, name in enumerate(names)}
 
 
 def evaluate(
@@ -162,18 +194,29 @@ def evaluate(
     progress: bool = True,
     compile: bool = False,
     tiles: TileLayout | None = None,
+    eval_geometry: str = "square",
 ) -> Evaluation:
-    """Score every test sample with every branch (in the ``tiles`` geometry when given); ground truth at ``eval_size``
-    (bilinear resize, threshold 0.5)."""
+    """Score every test sample with every branch (in the ``tiles`` geometry when given); ground truth on the grid of
+    ``eval_geometry`` (see :func:`eval_shapes`; bilinear resize, threshold 0.5)."""
     cache = ImageCache() if cache is None else cache
     images = load_inputs(samples, image_size, tiles, cache)
-    masks = load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
+    shapes = eval_shapes(samples, eval_geometry, eval_size)
+    masks = load_eval_masks(samples, eval_size, shapes, cache, binarize_at)
     labels = np.array([s.label for s in samples])
     branches = {}
-    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile, tiles).items():
-        maps, scores = maps.numpy(), scores.numpy()
+    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile, tiles,
+                                      shapes).items():
         branches[name] = BranchResult(maps, scores, evaluate_maps(maps, masks, scores, labels))
     return Evaluation(samples=samples, output=model.output_branch, branches=branches, masks=masks)
+
+
+def load_eval_masks(samples: list[Sample], eval_size: int, shapes: list[Shape] | None, cache: ImageCache,
+                    binarize_at: int = 128) -> Maps:
+    """Ground truth at eval_size² (``shapes`` None) or at each sample's shape; all-zero for good images."""
+    if shapes is None:
+        return load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
+    masks = [load_masks([sample], shape, cache, binarize_at=binarize_at)[0, 0].numpy() for sample, shape in zip(samples, shapes)]
+    return np.stack(masks) if len(set(shapes)) == 1 else masks
 
 
 BRANCH_LABELS = {"fused": "fused map", "segmentation": "segmentation map", "knn": "kNN map", "student_teacher": "student-teacher map"}
@@ -244,7 +287,7 @@ def evaluate_run(
     recipe = run.config.train
     evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device,
                           recipe.eval_batch_size, splits.binarize_at, progress=progress, compile=compile,
-                          tiles=run.config.data.tile_layout(recipe.image_size))
+                          tiles=run.config.data.tile_layout(recipe.image_size), eval_geometry=evaluation_geometry(run.config))
     name = "metrics" + ("" if own_data else f"-{splits.name}") + ("" if precision == "fp32" else f"-{precision}")
     write_metrics(run.run_dir, evaluation, f"{name}.json", precision)
     return evaluation

@@ -80,6 +80,34 @@ def _as_map_stack(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.nda
     return maps_arr, masks_arr
 
 
+def _maps_and_regions(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Validated maps and masks with the masks' 8-connected regions labelled per image (0 = normal, 1..R unique).
+
+    A list of maps of different sizes (images evaluated at their own aspect) is flattened into one
+    1-D array of pixels; every metric below reads pixels and region labels only, never positions.
+    """
+    if isinstance(maps, (list, tuple)) and len({np.shape(m) for m in maps}) > 1:
+        if len(maps) != len(masks):
+            raise ValueError(f"{len(maps)} maps but {len(masks)} masks")
+        pairs = [_as_map_stack(m, k) for m, k in zip(maps, masks)]
+        labels, total = [], 0
+        for _, mask in pairs:
+            image_labels, count = _label_regions(mask)
+            labels.append(np.where(image_labels > 0, image_labels + total, 0).ravel())
+            total += count
+        flat = lambda arrays: np.concatenate([a.ravel() for a in arrays])  # noqa: E731
+        return flat(m for m, _ in pairs), flat(k for _, k in pairs), np.concatenate(labels), total
+    maps_arr, masks_arr = _as_map_stack(maps, masks)
+    return (maps_arr, masks_arr, *_label_regions(masks_arr))
+
+
+def pixels(maps: ArrayLike) -> np.ndarray:
+    """Every pixel of an (N, H, W) stack, or of a list of maps of different sizes, as one 1-D array."""
+    if isinstance(maps, (list, tuple)):
+        return np.concatenate([np.asarray(m).ravel() for m in maps]) if len(maps) else np.zeros(0, np.float32)
+    return np.asarray(maps).ravel()
+
+
 def _require_both_classes(n_pos: int, n_neg: int, what: str) -> None:
     if n_pos == 0 or n_neg == 0:
         present = "positive" if n_pos else "negative"
@@ -295,8 +323,7 @@ def aupro(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> float:
 
     ``maps``: float (N, H, W); ``masks``: bool or 0/1 (N, H, W).
     """
-    maps_arr, masks_arr = _as_map_stack(maps, masks)
-    region_labels, n_regions = _label_regions(masks_arr)
+    maps_arr, masks_arr, region_labels, n_regions = _maps_and_regions(maps, masks)
     sweep = _Sweep.build(maps_arr, masks_arr)
     return _aupro_from(sweep, region_labels, n_regions, fpr_limit)
 
@@ -356,8 +383,7 @@ def iap(maps: ArrayLike, masks: ArrayLike) -> tuple[float, float]:
 
     Returns ``(iap, iap90)`` as fractions.  Raises ``ValueError`` if there is no instance.
     """
-    maps_arr, masks_arr = _as_map_stack(maps, masks)
-    region_labels, n_regions = _label_regions(masks_arr)
+    maps_arr, masks_arr, region_labels, n_regions = _maps_and_regions(maps, masks)
     sweep = _Sweep.build(maps_arr, masks_arr)
     return _iap_from(sweep, region_labels, n_regions)
 
@@ -375,7 +401,8 @@ def evaluate_maps(
 ) -> dict[str, float]:
     """All six metrics of docs/design.md §9 for one category's test set, as fractions.
 
-    ``maps``: float (N, H, W) anomaly maps; ``masks``: bool or 0/1 (N, H, W) ground truth
+    ``maps``: float (N, H, W) anomaly maps, or a list of (H_i, W_i) maps of different sizes;
+    ``masks``: bool or 0/1 ground truth of the same shapes
     (already resized to the evaluation size and thresholded); ``image_scores``: (N,) floats;
     ``image_labels``: (N,) bool or 0/1 (1 = defective).
 
@@ -383,10 +410,10 @@ def evaluate_maps(
     Raises ``ValueError`` when a metric is undefined: image AUROC needs both good and defective
     images, the pixel metrics need at least one defect pixel and one normal pixel.
     """
-    maps_arr, masks_arr = _as_map_stack(maps, masks)
+    maps_arr, masks_arr, region_labels, n_regions = _maps_and_regions(maps, masks)
     scores_arr = _as_scores(image_scores, "image_scores").ravel()
     labels_arr = _as_binary(image_labels, "image_labels").ravel()
-    n_images = maps_arr.shape[0]
+    n_images = len(maps) if maps_arr.ndim == 1 else maps_arr.shape[0]
     if scores_arr.shape != (n_images,) or labels_arr.shape != (n_images,):
         raise ValueError(
             f"image_scores {scores_arr.shape} and image_labels {labels_arr.shape} must have "
@@ -397,7 +424,6 @@ def evaluate_maps(
     pixel_sweep = _Sweep.build(maps_arr, masks_arr)
     pixel_auroc = _auroc_from(pixel_sweep, "pixel AUROC")  # checks both pixel classes first
     pixel_ap = _average_precision_from(pixel_sweep, "pixel AP")
-    region_labels, n_regions = _label_regions(masks_arr)
     pro_area = _aupro_from(pixel_sweep, region_labels, n_regions, 0.3)
     instance_ap, instance_ap90 = _iap_from(pixel_sweep, region_labels, n_regions)
     return {

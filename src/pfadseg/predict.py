@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pfadseg.data.images import find_images, read_image, resize_image, resize_map
-from pfadseg.data.tiling import Stitcher, TileLayout, scored_maps
+from pfadseg.data.tiling import Stitcher, TileLayout, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.progress import Progress, progress_bar
@@ -126,7 +126,7 @@ class Predictor:
             chunk = boxes[start : start + self.batch_size]
             stitcher.add(backend(tiles.tiles(scaled, chunk))[0][:, None], chunk)
         stitched = stitcher.result()
-        score = float(scored_maps(stitched, (backend.eval_size, backend.eval_size), backend.top_k)[1][0])
+        score = float(stitched_scores(stitched, backend.eval_size, backend.top_k)[0])
         return Prediction(path, resize_map(stitched[0], (height, width)), score, score >= self.thresholds["image"])
 
     def predict_file(self, path: str | Path) -> Prediction:

@@ -59,7 +59,7 @@ def evaluation_cases(evaluation: Evaluation, indices: list[int]) -> list[Case]:
     i.e. the kNN map times its fusion weight, on the same scale) are drawn beside it.
     """
     samples = [evaluation.samples[i] for i in indices]
-    images = load_images(samples, evaluation.maps.shape[-1]).permute(0, 2, 3, 1).numpy()
+    images = [load_images([sample], evaluation.maps[i].shape)[0].permute(1, 2, 0).numpy() for i, sample in zip(indices, samples)]
     cases = []
     for image, i, sample in zip(images, indices, samples):
         parts: tuple[tuple[str, np.ndarray], ...] = ()

@@ -91,7 +91,14 @@ def top_k_score(anomaly_map: np.ndarray, top_k: int) -> float:
     return float(np.partition(anomaly_map.ravel(), anomaly_map.size - k)[-k:].mean())
 
 
-def scored_maps(stitched: np.ndarray, eval_size: tuple[int, int], top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stitched maps (channels, H, W) resized to ``eval_size`` (Pillow bilinear), and each one's top-k score."""
-    resized = np.stack([resize_map(channel, eval_size) for channel in stitched])
-    return resized, np.array([top_k_score(m, top_k) for m in resized], dtype=np.float32)
+def aspect_shape(height: int, width: int, pixels: int) -> tuple[int, int]:
+    """(h, w) of about ``pixels`` pixels with the aspect of ``height × width``."""
+    scale = math.sqrt(pixels / (height * width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def stitched_scores(stitched: np.ndarray, eval_size: int, top_k: int) -> np.ndarray:
+    """Image scores of stitched maps (channels, H, W): each one's top-k mean at its aspect with eval_size² pixels, so that
+    a score means the same whatever the tile scale or the image's size."""
+    shape = aspect_shape(*stitched.shape[1:], eval_size * eval_size)
+    return np.array([top_k_score(resize_map(channel, shape), top_k) for channel in stitched], dtype=np.float32)

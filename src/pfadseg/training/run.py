@@ -13,7 +13,7 @@ import torch
 from pfadseg.bank import add_memory_bank
 from pfadseg.calibration import calibrate, format_calibration
 from pfadseg.checkpoint import CONFIG_FILE
-from pfadseg.config import RunConfig, TrainConfig, dump_yaml
+from pfadseg.config import RunConfig, TrainConfig, dump_yaml, evaluation_geometry
 from pfadseg.data.augment import normal_augmentation
 from pfadseg.data.datasets import DatasetSplits, Sample, holdout_split, load_masks, load_splits
 from pfadseg.data.images import ImageCache
@@ -22,6 +22,7 @@ from pfadseg.data.textures import load_texture_source
 from pfadseg.environment import environment
 from pfadseg.evaluate import Evaluation, Inputs, evaluate, load_inputs, write_metrics
 from pfadseg.fileio import write_json_atomic, write_text_atomic
+from pfadseg.metrics import pixels
 from pfadseg.models import PFADSeg, build_model
 from pfadseg.rundir import CHECKPOINT_FILE, RUN_INFO_FILE, absolute_paths, check_run_dir, load_run_config, save_model
 from pfadseg.thresholds import THRESHOLDS_FILE
@@ -172,14 +173,15 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
         save_model(model, config, run_dir)
     if data.splits.test:
         evaluation = evaluate(model, data.splits.test, recipe.image_size, recipe.eval_size, precision, device,
-                              recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress, tiles=tiles)
+                              recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress, tiles=tiles,
+                              eval_geometry=evaluation_geometry(config))
     if data.held_out:
         thresholds = calibrate(model, data.held_out, evaluation, config, precision, device, cache=data.cache)
         write_json_atomic(run_dir / THRESHOLDS_FILE, thresholds)
         log(format_calibration(thresholds))
     if evaluation is not None:
         write_metrics(run_dir, evaluation)
-        if np.ptp(evaluation.branches["segmentation"].maps) < 1e-6:  # a saturated sigmoid: (almost) one value everywhere
+        if np.ptp(pixels(evaluation.branches["segmentation"].maps)) < 1e-6:  # a saturated sigmoid: (almost) one value everywhere
             log("warning: the anomaly map is (almost) zero everywhere, or otherwise constant: the segmentation network's output saturated during "
                 f"training and these metrics mean nothing; retrain with {saturation_remedies(recipe)} (docs/benchmarks.md)")
     return evaluation
