@@ -1,5 +1,6 @@
-"""The `tiles` input geometry: the tile grid, stitching, area-scaled scores, random training tiles, and a tiled run
-end to end (training, bank + fusion, evaluation, prediction through PyTorch and ONNX)."""
+"""Input and evaluation geometry: the `tiles` geometry's grid, stitching, area-scaled scores, random training tiles, a
+tiled run end to end (training, bank + fusion, evaluation, prediction through PyTorch and ONNX), and pixel metrics at
+each image's own aspect on images of several sizes."""
 
 from __future__ import annotations
 
@@ -140,3 +141,30 @@ def test_onnx_and_pytorch_tile_and_stitch_identically(tiled_run: Path, tmp_path:
     assert onnx_pred.anomaly_map.shape == torch_pred.anomaly_map.shape == (90, 250)
     np.testing.assert_allclose(onnx_pred.anomaly_map, torch_pred.anomaly_map, atol=1e-4)
     assert onnx_pred.score == pytest.approx(torch_pred.score, abs=1e-5)
+
+
+def test_images_of_several_sizes_are_evaluated_each_at_its_own_aspect(tmp_path: Path):
+    """A square-geometry run with ``train.eval_geometry=aspect`` on test images of two sizes: maps and masks at each
+    image's aspect with about 256² pixels, metrics over all of them, and the report drawn."""
+    from PIL import Image
+
+    from pfadseg.evaluate import evaluate_run
+    from pfadseg.report import evaluation_cases
+    from pfadseg.visualize import labelled_rows
+
+    data = _write_tiny_mvtec(tmp_path / "data", size=48)
+    for folder in ("test/scratch", "ground_truth/scratch"):  # one defective image and its mask become 48 × 96
+        path = next(iter(sorted((data / "widget" / folder).glob("*.png"))))
+        Image.open(path).resize((96, 48), Image.NEAREST).save(path)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
+                 "--image-size", "32", "--out", str(run), "--quiet", "--set", "train.eval_geometry=aspect"]) == 0
+    evaluation = evaluate_run(run, progress=False)
+    shapes = {m.shape for m in evaluation.maps}
+    assert isinstance(evaluation.maps, list) and shapes == {(256, 256), (181, 362)}
+    assert [m.shape for m in evaluation.masks] == [m.shape for m in evaluation.maps]
+    assert all(0.0 <= v <= 1.0 for v in evaluation.metrics.values())
+    wide = next(i for i, m in enumerate(evaluation.maps) if m.shape == (181, 362))
+    cases = evaluation_cases(evaluation, [0, wide])  # the report's and the demo's pictures
+    assert [c.image.shape[:2] for c in cases] == [(256, 256), (181, 362)]
+    assert labelled_rows(cases, threshold=0.5).size[1] > 0
