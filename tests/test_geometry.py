@@ -168,3 +168,12 @@ def test_images_of_several_sizes_are_evaluated_each_at_its_own_aspect(tmp_path: 
     cases = evaluation_cases(evaluation, [0, wide])  # the report's and the demo's pictures
     assert [c.image.shape[:2] for c in cases] == [(256, 256), (181, 362)]
     assert labelled_rows(cases, threshold=0.5).size[1] > 0
+
+
+def test_predict_and_info_on_a_tiled_run_say_how_it_tiles(tiled_run: Path, tmp_path: Path, capsys):
+    image = next(iter(sorted((tiled_run.parent / "data" / "widget" / "test" / "scratch").glob("*.png"))))
+    assert main(["predict", "--run", str(tiled_run), str(image), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "tiles/s" in capsys.readouterr().out
+    assert np.load(tmp_path / "out" / f"{image.stem}_map.npy").shape == STRIP  # the native-size map
+    assert main(["info", "--run", str(tiled_run)]) == 0
+    assert "tiles of the images scaled by 1" in capsys.readouterr().out

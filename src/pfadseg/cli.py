@@ -342,7 +342,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--model", help="exported .onnx file (onnxruntime; torch is not needed)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively for images")
     p.add_argument("--out", required=True, help="output folder: <name>_overlay.png, <name>_map.npy, <name>_mask.png, predictions.csv")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="images (tiles, for a run in the tiles geometry) per forward pass (default 8)")
     _add_inference_args(p)
     p.set_defaults(func=cmd_predict)
 

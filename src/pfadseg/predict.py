@@ -105,6 +105,7 @@ class Predictor:
         self.backend = backend
         self.thresholds = backend.thresholds
         self.batch_size = batch_size  # tiles per forward pass in the `tiles` geometry
+        self.tiles_run = 0  # tiles through the model so far (the `tiles` geometry)
 
     def predict_arrays(self, images: list[np.ndarray], paths: list[Path]) -> list[Prediction]:
         """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size, or each image's tiles."""
@@ -125,6 +126,7 @@ class Predictor:
         for start in range(0, len(boxes), self.batch_size):
             chunk = boxes[start : start + self.batch_size]
             stitcher.add(backend(tiles.tiles(scaled, chunk))[0][:, None], chunk)
+        self.tiles_run += len(boxes)
         stitched = stitcher.result()
         score = float(stitched_scores(stitched, backend.eval_size, backend.top_k)[0])
         return Prediction(path, resize_map(stitched[0], (height, width)), score, score >= self.thresholds["image"])
@@ -188,7 +190,8 @@ def predict_to_folder(
     seconds = time.perf_counter() - started
     skipped = sum(r[2] == "SKIPPED" for r in rows)
     done, ng = len(items) - skipped, sum(r[2] == "NG" for r in rows)
-    return (f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s, {predictor.backend.name}): "
+    tiled = f", {predictor.tiles_run} tiles, {predictor.tiles_run / max(seconds, 1e-9):.1f} tiles/s" if predictor.tiles_run else ""
+    return (f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s{tiled}, {predictor.backend.name}): "
             f"{ng} NG, {done - ng} OK (image threshold {predictor.thresholds['image']:.4f}, pixel threshold "
             f"{predictor.thresholds['pixel']:.4f})" + (f"; {skipped} unreadable files skipped" if skipped else "")
             + f"; results in {out_dir}, table {out_dir / 'predictions.csv'}")

@@ -118,8 +118,9 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
                   "head": config.model.head.kind,
                   "parameters": {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in ("teacher", "student", "segmentation")}},
         "training": {k: getattr(config.train, k) for k in ("image_size", "batch_size", "student_steps", "segmentation_steps",
-                                                            "lr_student", "lr_seg_blocks", "lr_seg_head", "precision")},
-        "data": {"root": config.data.root, "category": config.data.category, "format": config.data.format},
+                                                            "lr_student", "lr_seg_blocks", "lr_seg_head", "lr_schedule", "precision")},
+        "data": {"root": config.data.root, "category": config.data.category, "format": config.data.format,
+                 "geometry": config.data.geometry, "tile_scale": config.data.tile_scale},
         "seed": config.seed,
         "memory_bank": None if model.memory_bank is None else {"patches": len(model.memory_bank.patches),
                                                                 "megabytes": model.memory_bank.megabytes, "output": model.output_branch},
@@ -138,8 +139,9 @@ def describe_run(summary: dict[str, Any]) -> str:
              f"  model      teacher {m['teacher']}, AFF {'on' if m['aff'] else 'off'}, PCAR {'on' if m['pcar'] else 'off'}, head {m['head']}; "
              f"parameters: {params}",
              f"  training   {t['image_size']}², batch {t['batch_size']}, {t['student_steps']} + {t['segmentation_steps']} steps, "
-             f"lr {t['lr_student']} / {t['lr_seg_blocks']} / {t['lr_seg_head']}, {t['precision']}, seed {summary['seed']}",
-             f"  data       {summary['data']['root']} ({summary['data']['format']}, category {summary['data']['category'] or '-'})"]
+             f"lr {t['lr_student']} / {t['lr_seg_blocks']} / {t['lr_seg_head']} ({t['lr_schedule']}), {t['precision']}, seed {summary['seed']}",
+             f"  data       {summary['data']['root']} ({summary['data']['format']}, category {summary['data']['category'] or '-'}), "
+             + ("square inputs" if summary["data"]["geometry"] == "square" else f"tiles of the images scaled by {summary['data']['tile_scale']:g}")]
     if summary["memory_bank"]:
         bank = summary["memory_bank"]
         lines.append(f"  bank       {bank['patches']:,d} patches ({bank['megabytes']:.1f} MB); output: the {bank['output']} map")
