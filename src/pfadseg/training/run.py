@@ -15,12 +15,12 @@ from pfadseg.calibration import calibrate, format_calibration
 from pfadseg.checkpoint import CONFIG_FILE
 from pfadseg.config import RunConfig, TrainConfig, dump_yaml, evaluation_geometry
 from pfadseg.data.augment import normal_augmentation
-from pfadseg.data.datasets import DatasetSplits, Sample, holdout_split, load_masks, load_splits
+from pfadseg.data.datasets import DatasetSplits, Sample, holdout_split, load_splits
 from pfadseg.data.images import ImageCache
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.data.textures import load_texture_source
 from pfadseg.environment import environment
-from pfadseg.evaluate import Evaluation, Inputs, evaluate, load_inputs, write_metrics
+from pfadseg.evaluate import Evaluation, Inputs, eval_shapes, evaluate, load_eval_masks, load_inputs, write_metrics
 from pfadseg.fileio import write_json_atomic, write_text_atomic
 from pfadseg.metrics import pixels
 from pfadseg.models import PFADSeg, build_model
@@ -73,7 +73,8 @@ def load_run_data(config: RunConfig, device: torch.device, log: Callable[[str], 
     if tiles is None:
         images = images.to(device)
     load_inputs(held_out + splits.test, size, tiles, cache)
-    load_masks(splits.test, config.train.eval_size, cache, binarize_at=splits.binarize_at)
+    eval_size = config.train.eval_size  # the masks on the grid evaluation will compare them on
+    load_eval_masks(splits.test, eval_size, eval_shapes(splits.test, evaluation_geometry(config), eval_size), cache, splits.binarize_at)
     textures = load_texture_source(config.data, size, config.seed).to(device)
     return RunData(splits, images, held_out, textures, cache)
 
