@@ -26,7 +26,7 @@ def shared_data() -> Path:
     return path
 
 
-def _write_tiny_mvtec(root: Path, size: int | tuple[int, int] = 48, seed: int = 0) -> Path:
+def write_tiny_mvtec(root: Path, size: int | tuple[int, int] = 48, seed: int = 0) -> Path:
     """A minimal MVTec-layout category 'widget': smooth random surfaces (``size`` or (height, width)), bright-square defects."""
     import numpy as np
     from PIL import Image
@@ -60,7 +60,7 @@ def _write_tiny_mvtec(root: Path, size: int | tuple[int, int] = 48, seed: int = 
 @pytest.fixture()
 def tiny_mvtec(tmp_path: Path) -> Path:
     """A fresh tiny MVTec-layout dataset (category ``widget``) that a test may modify."""
-    return _write_tiny_mvtec(tmp_path / "data")
+    return write_tiny_mvtec(tmp_path / "data")
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pfadseg.cli import main
 
     root = tmp_path_factory.mktemp("trained")
-    data = _write_tiny_mvtec(root / "data")
+    data = write_tiny_mvtec(root / "data")
     run = root / "run"
     args = ["train", "--data", str(data), "--category", "widget", "--preset", "debug", "--teacher",
             "efficientnet_lite0", "--out", str(run), "--quiet"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import _write_tiny_mvtec
+from conftest import write_tiny_mvtec
 
 from pfadseg.cli import main
 from pfadseg.data.tiling import Stitcher, TileLayout, top_k_score
@@ -90,7 +90,7 @@ def test_random_training_tiles_lie_inside_their_image_and_follow_the_generator()
 def tiled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A debug run in the `tiles` geometry (32² tiles of 40 × 104 images) with a fused memory bank."""
     root = tmp_path_factory.mktemp("tiled")
-    data = _write_tiny_mvtec(root / "data", size=STRIP)
+    data = write_tiny_mvtec(root / "data", size=STRIP)
     run = root / "run"
     args = ["train", "--data", str(data), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
             "--image-size", "32", "--holdout", "0.25", "--out", str(run), "--quiet", "--set", "data.geometry=tiles",
@@ -152,7 +152,7 @@ def test_images_of_several_sizes_are_evaluated_each_at_its_own_aspect(tmp_path: 
     from pfadseg.report import evaluation_cases
     from pfadseg.visualize import labelled_rows
 
-    data = _write_tiny_mvtec(tmp_path / "data", size=48)
+    data = write_tiny_mvtec(tmp_path / "data", size=48)
     for folder in ("test/scratch", "ground_truth/scratch"):  # one defective image and its mask become 48 × 96
         path = next(iter(sorted((data / "widget" / folder).glob("*.png"))))
         Image.open(path).resize((96, 48), Image.NEAREST).save(path)
