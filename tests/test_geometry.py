@@ -74,15 +74,15 @@ def test_image_score_takes_top_k_per_256_squared_pixels():
 
 
 def test_random_training_tiles_lie_inside_their_image_and_follow_the_generator():
-    images = [torch.arange(3 * h * w, dtype=torch.int32).reshape(3, h, w) for h, w in ((20, 50), (33, 21))]
-    tiles = RandomTiles(images, 16)
+    images = [np.arange(h * w * 3, dtype=np.int32).reshape(h, w, 3) for h, w in ((20, 50), (33, 21))]
+    tiles = RandomTiles(images, 16, torch.device("cpu"))
     taken = tiles.take(torch.tensor([0, 1, 0]), torch.Generator().manual_seed(3))
     assert taken.shape == (3, 3, 16, 16)
     for tile, i in zip(taken, (0, 1, 0)):
-        h, w = images[i].shape[1:]
-        top, left = divmod(int(tile[0, 0, 0]), w)
+        h, w = images[i].shape[:2]
+        top, left = divmod(int(tile[0, 0, 0]) // 3, w)  # channel 0 of pixel (top, left) holds 3 · (top · w + left)
         assert top + 16 <= h and left + 16 <= w
-        assert torch.equal(tile, images[i][:, top : top + 16, left : left + 16])
+        assert torch.equal(tile, torch.from_numpy(images[i][top : top + 16, left : left + 16]).permute(2, 0, 1))
     assert torch.equal(taken, tiles.take(torch.tensor([0, 1, 0]), torch.Generator().manual_seed(3)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pfadseg.data.augment import NormalAugmentation
@@ -9,13 +10,13 @@ from pfadseg.data.synthesis import AnomalySynthesizer
 
 
 class RandomTiles:
-    """Training images of the `tiles` geometry (uint8 (3, H, W) each, any sizes, on the device): a batch is one random
-    tile of ``size``² from each drawn image."""
+    """Training images of the `tiles` geometry (RGB uint8 arrays (H, W, 3) of any sizes, the run's decoded images
+    themselves, not a copy): a batch is one random tile of ``size``² from each drawn image, moved to ``device``."""
 
-    def __init__(self, images: list[torch.Tensor], size: int) -> None:
+    def __init__(self, images: list[np.ndarray], size: int, device: torch.device) -> None:
         self.images = images
         self.size = size
-        self.device = images[0].device if images else torch.device("cpu")
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.images)
@@ -25,9 +26,9 @@ class RandomTiles:
         tiles = []
         for i in indices.tolist():
             image = self.images[i]
-            top, left = (int(torch.randint(extent - self.size + 1, (), generator=generator)) for extent in image.shape[1:])
-            tiles.append(image[:, top : top + self.size, left : left + self.size])
-        return torch.stack(tiles)
+            top, left = (int(torch.randint(extent - self.size + 1, (), generator=generator)) for extent in image.shape[:2])
+            tiles.append(image[top : top + self.size, left : left + self.size])
+        return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous().to(self.device)
 
 
 class BatchMaker:

@@ -128,10 +128,9 @@ def train(
 def _trainer(model: PFADSeg, config: RunConfig, data: RunData, precision: Precision, run_dir: Path, device: torch.device,
              distributed: Distributed) -> Trainer:
     """The Trainer over this rank's batches of the run's images."""
-    size = config.train.image_size
     images = data.train_images
     if config.data.geometry == "tiles":
-        images = RandomTiles([torch.tensor(a).permute(2, 0, 1).to(device) for a in images], size)  # a copy: cached arrays are read-only
+        images = RandomTiles(images, config.train.image_size, device)
     batches = BatchMaker(
         images,
         AnomalySynthesizer(data.textures, config.synthesis),
