@@ -14,7 +14,7 @@ import torch
 from pfadseg.config import evaluation_geometry
 from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_scaled_images, load_splits
 from pfadseg.data.images import ImageCache, native_size, resize_map
-from pfadseg.data.tiling import Stitcher, TileLayout, aspect_shape, stitched_scores
+from pfadseg.data.tiling import TileLayout, aspect_shape, stitch_tiles, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, evaluate_maps
@@ -103,12 +103,16 @@ def eval_shapes(samples: list[Sample], geometry: str, eval_size: int) -> list[Sh
     return shapes
 
 
+def as_maps(arrays: list[np.ndarray]) -> Maps:
+    """Per-image arrays as :data:`Maps`: one stack when they all have one shape, else the list."""
+    return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
+
+
 def _at_shapes(maps: np.ndarray, shapes: list[Shape] | None) -> Maps:
-    """(N, S, S) maps resized to each image's shape (a stack when all shapes agree)."""
+    """(N, S, S) maps resized to each image's shape."""
     if shapes is None or all(shape == maps.shape[1:] for shape in shapes):
         return maps
-    resized = [resize_map(m, shape) for m, shape in zip(maps, shapes)]
-    return np.stack(resized) if len(set(shapes)) == 1 else resized
+    return as_maps([resize_map(m, shape) for m, shape in zip(maps, shapes)])
 
 
 @torch.no_grad()
@@ -158,27 +162,23 @@ def _infer_tiles(model: PFADSeg, images: list[np.ndarray], tiles: TileLayout, pr
     map to score); the maps are resized to ``shapes`` (default S × S).
     """
     names, maps, scores = model.branches, [], []
+
+    def run(batch: np.ndarray) -> np.ndarray:  # uint8 tiles → every branch's map at the tile's size
+        x = to_device(torch.from_numpy(batch).permute(0, 3, 1, 2), device).float().div_(255)
+        with precision.autocast(device):
+            outputs = model.forward_branches(x.contiguous(memory_format=precision.memory_format()), (tiles.size, tiles.size))
+        return torch.cat(outputs[0::2], dim=1).float().cpu().numpy()
+
     bar = progress_bar(len(images), "evaluate", "images", enabled=progress)
     for n, image in enumerate(images):
-        height, width = image.shape[:2]
-        stitcher = Stitcher(tiles, height, width, channels=len(names))
-        boxes = tiles.boxes(height, width)
-        for start in range(0, len(boxes), batch_size):
-            chunk = boxes[start : start + batch_size]
-            x = to_device(torch.from_numpy(tiles.tiles(image, chunk)).permute(0, 3, 1, 2), device).float().div_(255)
-            with precision.autocast(device):
-                outputs = model.forward_branches(x.contiguous(memory_format=precision.memory_format()), (tiles.size, tiles.size))
-            stitcher.add(torch.cat(outputs[0::2], dim=1).float().cpu().numpy(), chunk)
-        stitched = stitcher.result()
+        stitched = stitch_tiles(image, tiles, run, batch_size, channels=len(names))
         scores.append(stitched_scores(stitched, output_size, model.config.top_k))
         shape = (output_size, output_size) if shapes is None else shapes[n]
         maps.append([resize_map(channel, shape) for channel in stitched])
         bar.update(1)
     bar.close()
     stacked_scores = np.stack(scores)
-    uniform = len({m[0].shape for m in maps}) == 1
-    return {name: (np.stack([m[i] for m in maps]) if uniform else [m[i] for m in maps], stacked_scores[:, i])
-            for i, name in enumerate(names)}
+    return {name: (as_maps([m[i] for m in maps]), stacked_scores[:, i]) for i, name in enumerate(names)}
 
 
 def evaluate(
@@ -215,8 +215,7 @@ def load_eval_masks(samples: list[Sample], eval_size: int, shapes: list[Shape] |
     """Ground truth at eval_size² (``shapes`` None) or at each sample's shape; all-zero for good images."""
     if shapes is None:
         return load_masks(samples, eval_size, cache, binarize_at=binarize_at)[:, 0].numpy()
-    masks = [load_masks([sample], shape, cache, binarize_at=binarize_at)[0, 0].numpy() for sample, shape in zip(samples, shapes)]
-    return np.stack(masks) if len(set(shapes)) == 1 else masks
+    return as_maps([load_masks([sample], shape, cache, binarize_at=binarize_at)[0, 0].numpy() for sample, shape in zip(samples, shapes)])
 
 
 BRANCH_LABELS = {"fused": "fused map", "segmentation": "segmentation map", "knn": "kNN map", "student_teacher": "student-teacher map"}

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pfadseg.data.images import find_images, read_image, resize_image, resize_map
-from pfadseg.data.tiling import Stitcher, TileLayout, stitched_scores
+from pfadseg.data.tiling import TileLayout, stitch_tiles, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.progress import Progress, progress_bar
@@ -121,13 +121,8 @@ class Predictor:
         backend, tiles = self.backend, self.backend.tiles
         height, width = image.shape[:2]
         scaled = resize_image(image, tiles.scaled_size(height, width))
-        boxes = tiles.boxes(*scaled.shape[:2])
-        stitcher = Stitcher(tiles, *scaled.shape[:2])
-        for start in range(0, len(boxes), self.batch_size):
-            chunk = boxes[start : start + self.batch_size]
-            stitcher.add(backend(tiles.tiles(scaled, chunk))[0][:, None], chunk)
-        self.tiles_run += len(boxes)
-        stitched = stitcher.result()
+        stitched = stitch_tiles(scaled, tiles, lambda batch: backend(batch)[0][:, None], self.batch_size)
+        self.tiles_run += len(tiles.boxes(*scaled.shape[:2]))
         score = float(stitched_scores(stitched, backend.eval_size, backend.top_k)[0])
         return Prediction(path, resize_map(stitched[0], (height, width)), score, score >= self.thresholds["image"])
 

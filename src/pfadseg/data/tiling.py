@@ -8,6 +8,7 @@ ONNX prediction path tiles and stitches with this same code (docs/design.md, "In
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,20 @@ class Stitcher:
         if not (self.weight > 0).all():
             raise ValueError("the tiles added do not cover the image")
         return self.total / self.weight
+
+
+def stitch_tiles(image: np.ndarray, layout: TileLayout, run: Callable[[np.ndarray], np.ndarray], batch_size: int,
+                 channels: int = 1) -> np.ndarray:
+    """Every tile of an RGB uint8 image (H, W, 3) through ``run`` ((n, size, size, 3) uint8 → (n, channels, size, size)
+    maps), ``batch_size`` tiles at a time, stitched into (channels, H, W): the one loop that evaluation (PyTorch) and
+    prediction (PyTorch or ONNX) share."""
+    height, width = image.shape[:2]
+    boxes = layout.boxes(height, width)
+    stitcher = Stitcher(layout, height, width, channels)
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start : start + batch_size]
+        stitcher.add(run(layout.tiles(image, chunk)), chunk)
+    return stitcher.result()
 
 
 def top_k_score(anomaly_map: np.ndarray, top_k: int) -> float:
