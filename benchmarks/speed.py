@@ -215,7 +215,8 @@ def bank_cost(sizes: list[int], device: torch.device, rounds: int, log: Callable
                 model(x)
 
         times: dict[bool, list[float]] = {False: [], True: []}
-        run(False), run(True)  # warm-up
+        for with_bank in (False, True):  # warm-up
+            run(with_bank)
         for _ in range(rounds):
             for with_bank in (False, True):
                 times[with_bank].append(timed(lambda: run(with_bank), device, 0, 1)["median"])
