@@ -19,7 +19,7 @@ from pfadseg.calibration import format_calibration, recalibrate
 from pfadseg.checkpoint import CONFIG_FILE
 from pfadseg.config import RunConfig, dump_yaml, merge
 from pfadseg.data.datasets import holdout_split, load_splits
-from pfadseg.data.tiling import TileLayout
+from pfadseg.data.tiling import Layout
 from pfadseg.evaluate import Inputs, evaluate_run, infer, input_batches, load_inputs
 from pfadseg.fileio import write_text_atomic
 from pfadseg.metrics import pixels
@@ -56,12 +56,13 @@ NO_FUSION = ("no fusion: no normal images were held out of training (calibration
 
 
 @torch.no_grad()
-def gather_patches(model: PFADSeg, images: Inputs, tiles: TileLayout | None, strides: tuple[int, ...], device: torch.device,
+def gather_patches(model: PFADSeg, images: Inputs, layout: Layout | None, strides: tuple[int, ...], device: torch.device,
                    batch_size: int = 16) -> torch.Tensor:
-    """Patch features (M, D) float32 of the images (of every tile of them, in the `tiles` geometry), computed in the
+    """Patch features (M, D) float32 of the images (of every tile of them in the `tiles` geometry, of
+    each whole scaled image in `aspect`), computed in the
     decision precision (fp32)."""
     rows = []
-    for batch in input_batches(images, tiles, batch_size):
+    for batch in input_batches(images, layout, batch_size):
         x = to_device(batch, device).float().div_(255)
         feats = patch_features(model.teacher(x), strides)
         rows.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
@@ -74,15 +75,15 @@ def add_memory_bank(model: PFADSeg, train_images: Inputs, held_out_images: Input
     started = time.perf_counter()
     model.eval()
     model.fusion = None
-    tiles = config.data.tile_layout(config.train.image_size)
-    patches = gather_patches(model, train_images, tiles, config.bank.strides, device, config.train.eval_batch_size)
+    layout = config.data.layout(config.train.image_size)
+    patches = gather_patches(model, train_images, layout, config.bank.strides, device, config.train.eval_batch_size)
     bar = progress_bar(coreset_size(len(patches), config.bank), "memory bank", "patches", enabled=progress)
     bank, total = build_memory_bank(patches, config.bank, config.seed, bar.update)
     bar.close()
     model.memory_bank = bank.to(device)
     if len(held_out_images):
         branches = infer(model, held_out_images, DECISION_PRECISION, device, config.train.eval_size, config.train.eval_batch_size,
-                         tiles=tiles)
+                         layout=layout)
         fusion = Fusion().to(device)
         (seg_maps, seg_scores), (knn_maps, knn_scores) = (branches[name] for name in ("segmentation", "knn"))
         tensor = lambda values: torch.from_numpy(pixels(values))  # noqa: E731
@@ -102,8 +103,8 @@ def rebuild_bank(run_dir: str | Path, overrides: dict[str, Any] | None = None, d
     config: RunConfig = merge(run.config, {"bank": {**(overrides or {}), "enabled": True}})
     splits = load_splits(config.data)
     train_samples, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
-    size, tiles = config.train.image_size, config.data.tile_layout(config.train.image_size)
-    report = add_memory_bank(run.model, load_inputs(train_samples, size, tiles), load_inputs(held_out, size, tiles), config, run.device,
+    size, layout = config.train.image_size, config.data.layout(config.train.image_size)
+    report = add_memory_bank(run.model, load_inputs(train_samples, size, layout), load_inputs(held_out, size, layout), config, run.device,
                              progress)
     log(report.summary())
     save_model(run.model, config, run.run_dir)

@@ -40,10 +40,10 @@ def calibrate(
     """
     recipe = config.train
     fpr = config.calibration.target_fpr if target_fpr is None else target_fpr
-    tiles = config.data.tile_layout(recipe.image_size)
+    layout = config.data.layout(recipe.image_size)
     shapes = eval_shapes(held_out, evaluation_geometry(config), recipe.eval_size)
-    maps, scores = infer(model, load_inputs(held_out, recipe.image_size, tiles, cache), precision, device, recipe.eval_size,
-                         recipe.eval_batch_size, tiles=tiles, shapes=shapes)[model.output_branch]
+    maps, scores = infer(model, load_inputs(held_out, recipe.image_size, layout, cache), precision, device, recipe.eval_size,
+                         recipe.eval_batch_size, layout=layout, shapes=shapes)[model.output_branch]
     result: dict = {"image": fpr_threshold(scores, fpr), "pixel": fpr_threshold(pixels(maps), fpr), "target_fpr": fpr,
                     "precision": precision.name, "calibration_images": [s.rel_path for s in held_out],
                     "smallest_image_fpr": 1 / len(held_out)}
@@ -103,7 +103,7 @@ def recalibrate(run_dir: str | Path, target_fpr: float | None = None, device: st
     if splits.test:
         recipe = config.train
         evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device, recipe.eval_batch_size,
-                              splits.binarize_at, progress=progress, tiles=config.data.tile_layout(recipe.image_size),
+                              splits.binarize_at, progress=progress, layout=config.data.layout(recipe.image_size),
                               eval_geometry=evaluation_geometry(config))
     thresholds = calibrate(run.model, held_out, evaluation, config, run.precision, run.device, target_fpr)
     write_json_atomic(run.run_dir / thresholds_file(precision), thresholds)

@@ -39,7 +39,7 @@ class TrainConfig:
     log_every: int = 10
     eval_size: int = 256  # maps and masks are compared at this size (both papers' protocol)
     # The grid of the pixel metrics: square (eval_size², both papers'), aspect (each image's aspect with eval_size² pixels),
-    # native (each image's own pixels); auto: square for the square geometry, aspect for tiles.
+    # native (each image's own pixels); auto: square for the square geometry, aspect for tiles and aspect.
     eval_geometry: Literal["auto", "square", "aspect", "native"] = "auto"
     eval_batch_size: int = 16
 
@@ -94,7 +94,7 @@ def evaluation_geometry(config: RunConfig) -> str:
     """``train.eval_geometry`` with ``auto`` resolved for the run's input geometry."""
     if config.train.eval_geometry != "auto":
         return config.train.eval_geometry
-    return "aspect" if config.data.geometry == "tiles" else "square"
+    return "square" if config.data.geometry == "square" else "aspect"
 
 
 def default_bank(model_preset: str, train_preset: str) -> BankConfig:

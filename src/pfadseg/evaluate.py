@@ -14,10 +14,10 @@ import torch
 from pfadseg.config import evaluation_geometry
 from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_scaled_images, load_splits
 from pfadseg.data.images import ImageCache, native_size, resize_map
-from pfadseg.data.tiling import TileLayout, aspect_shape, stitch_tiles, stitched_scores
+from pfadseg.data.tiling import Layout, aspect_shape, stitch_tiles, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
-from pfadseg.metrics import METRIC_KEYS, evaluate_maps
+from pfadseg.metrics import METRIC_KEYS, auroc_by_type, evaluate_maps
 from pfadseg.models import PFADSeg
 from pfadseg.progress import progress_bar
 from pfadseg.rundir import METRICS_FILE, load_run
@@ -65,25 +65,25 @@ class BranchResult:
 
 
 #: What the model reads for a list of samples: uint8 (N, 3, S, S) in the `square` geometry, RGB uint8 arrays
-#: (H, W, 3) at the tiled size in the `tiles` geometry.
+#: (H, W, 3) at the size their layout scales them to in the `tiles` and `aspect` geometries.
 Inputs = torch.Tensor | list[np.ndarray]
 
 
-def load_inputs(samples: list[Sample], image_size: int, tiles: TileLayout | None, cache: ImageCache | None = None) -> Inputs:
-    """The model's inputs for ``samples``: whole images at ``image_size``² (`square`), or ready to be cut into ``tiles``."""
-    return load_images(samples, image_size, cache) if tiles is None else load_scaled_images(samples, tiles, cache)
+def load_inputs(samples: list[Sample], image_size: int, layout: Layout | None, cache: ImageCache | None = None) -> Inputs:
+    """The model's inputs for ``samples``: whole images at ``image_size``² (`square`), or scaled for their ``layout``."""
+    return load_images(samples, image_size, cache) if layout is None else load_scaled_images(samples, layout, cache)
 
 
-def input_batches(images: Inputs, tiles: TileLayout | None, batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 batches (B, 3, S, S) of whole images, or of every tile of every image."""
-    if tiles is None:
+def input_batches(images: Inputs, layout: Layout | None, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 batches (B, 3, h, w) of whole squared images, or of every tile of every image (one image per batch in `aspect`)."""
+    if layout is None:
         for start in range(0, len(images), batch_size):
             yield images[start : start + batch_size]
         return
     for image in images:
-        boxes = tiles.boxes(*image.shape[:2])
+        boxes = layout.boxes(*image.shape[:2])
         for start in range(0, len(boxes), batch_size):
-            yield torch.from_numpy(tiles.tiles(image, boxes[start : start + batch_size])).permute(0, 3, 1, 2)
+            yield torch.from_numpy(layout.tiles(image, boxes[start : start + batch_size])).permute(0, 3, 1, 2)
 
 
 #: Maps of several images: an (N, H, W) stack, or a list of (H_i, W_i) maps when their sizes differ.
@@ -125,18 +125,18 @@ def infer(
     batch_size: int = 16,
     progress: bool = False,
     compile: bool = False,
-    tiles: TileLayout | None = None,
+    layout: Layout | None = None,
     shapes: list[Shape] | None = None,
 ) -> dict[str, tuple[Maps, np.ndarray]]:
     """Every branch's maps and scores (N,) float32 of ``images`` (see :data:`Inputs`), by branch name.
 
     Maps are S × S (S = ``output_size``), or at each image's ``shapes`` when given. ``compile``: run the model
-    through ``torch.compile`` (faster for many images; compiling takes minutes). ``tiles``: the `tiles` geometry,
-    each image's tiles' maps stitched (see :func:`_infer_tiles`).
+    through ``torch.compile`` (faster for many images; compiling takes minutes). ``layout``: the `tiles` or `aspect`
+    geometry, each image's tiles' maps stitched (see :func:`_infer_layout`).
     """
     model.eval()
-    if tiles is not None:
-        return _infer_tiles(model, images, tiles, precision, device, output_size, batch_size, progress, shapes)
+    if layout is not None:
+        return _infer_layout(model, images, layout, precision, device, output_size, batch_size, progress, shapes)
     size = (output_size, output_size)
     forward = compile_fixed_batch(model.forward_branches, batch_size) if compile else model.forward_branches
     parts: list[list[torch.Tensor]] = []
@@ -153,9 +153,10 @@ def infer(
     return {name: (_at_shapes(merged[2 * i], shapes), merged[2 * i + 1]) for i, name in enumerate(model.branches)}
 
 
-def _infer_tiles(model: PFADSeg, images: list[np.ndarray], tiles: TileLayout, precision: Precision, device: torch.device,
-                 output_size: int, batch_size: int, progress: bool, shapes: list[Shape] | None) -> dict[str, tuple[Maps, np.ndarray]]:
-    """:func:`infer` in the `tiles` geometry: one image at a time, its tiles in batches (memory bounded by one image).
+def _infer_layout(model: PFADSeg, images: list[np.ndarray], layout: Layout, precision: Precision, device: torch.device,
+                  output_size: int, batch_size: int, progress: bool, shapes: list[Shape] | None) -> dict[str, tuple[Maps, np.ndarray]]:
+    """:func:`infer` in the `tiles` or `aspect` geometry: one image at a time, its tiles in batches (memory bounded by one
+    image; in `aspect`, the image is its one tile).
 
     Every branch's score is the top-k mean of its stitched map at the image's aspect with S² pixels (the fused
     one's too: top-k of a sum is not a sum of top-ks, and the ONNX file, a per-tile model, has only the output
@@ -166,12 +167,12 @@ def _infer_tiles(model: PFADSeg, images: list[np.ndarray], tiles: TileLayout, pr
     def run(batch: np.ndarray) -> np.ndarray:  # uint8 tiles → every branch's map at the tile's size
         x = to_device(torch.from_numpy(batch).permute(0, 3, 1, 2), device).float().div_(255)
         with precision.autocast(device):
-            outputs = model.forward_branches(x.contiguous(memory_format=precision.memory_format()), (tiles.size, tiles.size))
+            outputs = model.forward_branches(x.contiguous(memory_format=precision.memory_format()), tuple(x.shape[-2:]))
         return torch.cat(outputs[0::2], dim=1).float().cpu().numpy()
 
     bar = progress_bar(len(images), "evaluate", "images", enabled=progress)
     for n, image in enumerate(images):
-        stitched = stitch_tiles(image, tiles, run, batch_size, channels=len(names))
+        stitched = stitch_tiles(image, layout, run, batch_size, channels=len(names))
         scores.append(stitched_scores(stitched, output_size, model.config.top_k))
         shape = (output_size, output_size) if shapes is None else shapes[n]
         maps.append([resize_map(channel, shape) for channel in stitched])
@@ -193,18 +194,18 @@ def evaluate(
     cache: ImageCache | None = None,
     progress: bool = True,
     compile: bool = False,
-    tiles: TileLayout | None = None,
+    layout: Layout | None = None,
     eval_geometry: str = "square",
 ) -> Evaluation:
-    """Score every test sample with every branch (in the ``tiles`` geometry when given); ground truth on the grid of
+    """Score every test sample with every branch (in the geometry of ``layout`` when given); ground truth on the grid of
     ``eval_geometry`` (see :func:`eval_shapes`; bilinear resize, threshold 0.5)."""
     cache = ImageCache() if cache is None else cache
-    images = load_inputs(samples, image_size, tiles, cache)
+    images = load_inputs(samples, image_size, layout, cache)
     shapes = eval_shapes(samples, eval_geometry, eval_size)
     masks = load_eval_masks(samples, eval_size, shapes, cache, binarize_at)
     labels = np.array([s.label for s in samples])
     branches = {}
-    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile, tiles,
+    for name, (maps, scores) in infer(model, images, precision, device, eval_size, batch_size, progress, compile, layout,
                                       shapes).items():
         branches[name] = BranchResult(maps, scores, evaluate_maps(maps, masks, scores, labels))
     return Evaluation(samples=samples, output=model.output_branch, branches=branches, masks=masks)
@@ -222,10 +223,15 @@ BRANCH_LABELS = {"fused": "fused map", "segmentation": "segmentation map", "knn"
 
 
 def branches_table(evaluation: Evaluation) -> str:
-    """Every branch's metrics in percent, the output branch first and marked."""
+    """Every branch's metrics in percent, the output branch first and marked; then the output's image AUROC by defect
+    type when there are several types."""
     order = [evaluation.output] + [b for b in BRANCH_LABELS if b in evaluation.branches and b != evaluation.output]
-    return format_metrics_table({BRANCH_LABELS[b] + (" (output)" if b == evaluation.output and len(order) > 2 else ""):
-                                 evaluation.branches[b].metrics for b in order})
+    table = format_metrics_table({BRANCH_LABELS[b] + (" (output)" if b == evaluation.output and len(order) > 2 else ""):
+                                  evaluation.branches[b].metrics for b in order})
+    by_type = auroc_by_type(evaluation.scores, [s.label for s in evaluation.samples], [s.defect_type for s in evaluation.samples])
+    if len(by_type) < 2:
+        return table
+    return table + "\nimage AUROC by defect type: " + ", ".join(f"{kind} {100 * value:.2f}" for kind, value in by_type.items())
 
 
 def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
@@ -254,10 +260,13 @@ def save_maps(evaluation: Evaluation, out_dir: Path) -> None:
 
 
 def write_metrics(run_dir: Path, evaluation: Evaluation, name: str = METRICS_FILE, precision: str = "fp32") -> None:
-    """``metrics.json``: the output's six metrics (fractions), every branch's under ``branches``, and what the
-    run's OK/NG thresholds for ``precision`` decide on these test images (when the run has them)."""
+    """``metrics.json``: the output's six metrics (fractions), its image AUROC per defect type (each type against the
+    good images), every branch's metrics under ``branches``, and what the run's OK/NG thresholds for ``precision``
+    decide on these test images (when the run has them)."""
     labels = np.array([s.label for s in evaluation.samples], dtype=bool)
-    payload = {**evaluation.metrics, "output": evaluation.output, "branches": evaluation.branch_metrics, "precision": precision}
+    by_type = auroc_by_type(evaluation.scores, labels, [s.defect_type for s in evaluation.samples])
+    payload = {**evaluation.metrics, "image_auroc_by_type": by_type, "output": evaluation.output,
+               "branches": evaluation.branch_metrics, "precision": precision}
     if precision == "fp32" or (Path(run_dir) / thresholds_file(precision)).is_file():
         payload["decisions"] = decision_rates(evaluation.scores, labels, load_thresholds(run_dir, precision)["image"])
     write_json_atomic(run_dir / name, payload)
@@ -286,7 +295,7 @@ def evaluate_run(
     recipe = run.config.train
     evaluation = evaluate(run.model, splits.test, recipe.image_size, recipe.eval_size, run.precision, run.device,
                           recipe.eval_batch_size, splits.binarize_at, progress=progress, compile=compile,
-                          tiles=run.config.data.tile_layout(recipe.image_size), eval_geometry=evaluation_geometry(run.config))
+                          layout=run.config.data.layout(recipe.image_size), eval_geometry=evaluation_geometry(run.config))
     name = "metrics" + ("" if own_data else f"-{splits.name}") + ("" if precision == "fp32" else f"-{precision}")
     write_metrics(run.run_dir, evaluation, f"{name}.json", precision)
     return evaluation

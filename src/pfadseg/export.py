@@ -1,6 +1,7 @@
 """``pfadseg export``: a run as one ONNX file with normalisation inside, checked against PyTorch.
 
-The file takes ``image``: uint8 RGB ``(N, 3, H, W)`` at the trained size (N dynamic) and gives
+The file takes ``image``: uint8 RGB ``(N, 3, H, W)`` at the trained size (N dynamic; H and W too, multiples of
+32, in the `aspect` geometry) and gives
 ``anomaly_map``: float32 ``(N, 1, H, W)`` and ``score``: float32 ``(N,)``, the score exactly as
 ``pfadseg test`` computes it. The run's image size and OK/NG thresholds travel in the file's
 metadata, so ``pfadseg predict --model FILE.onnx`` needs nothing else.
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from pfadseg.config import dump_yaml
-from pfadseg.data.datasets import load_images, load_splits
+from pfadseg.data.datasets import Sample, load_images, load_scaled_images, load_splits
+from pfadseg.data.tiling import Layout, TileLayout, WholeImage
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path
 from pfadseg.models.deployed import DeployedModel
@@ -55,15 +57,16 @@ class ExportReport:
                 f"images/s, PyTorch fp32 {self.torch_images_per_second:.1f} images/s")
 
 
-def _timed_batches(fn, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run ``fn`` over ``batch`` in chunks; (maps, scores, images per second)."""
+def _timed_batches(fn, batches: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Run ``fn`` over each batch; (maps per batch, scores, images per second)."""
     maps, scores = [], []
     started = time.perf_counter()
-    for i in range(0, len(batch), batch_size):
-        m, s = fn(batch[i : i + batch_size])
+    for batch in batches:
+        m, s = fn(batch)
         maps.append(m)
         scores.append(s)
-    return np.concatenate(maps), np.concatenate(scores), len(batch) / (time.perf_counter() - started)
+    scores = np.concatenate(scores)
+    return maps, scores, len(scores) / (time.perf_counter() - started)
 
 
 @contextlib.contextmanager
@@ -98,50 +101,65 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bo
 
     run = load_run(run_dir, device="cpu", precision="fp32")
     config = run.config
-    size, tiles = config.train.image_size, config.data.tile_layout(config.train.image_size)
-    # In the `tiles` geometry the file is a per-tile model (the map at the tile's size); the predictor stitches and scores.
-    deployed = DeployedModel(run.model.to(memory_format=torch.contiguous_format), size if tiles else config.train.eval_size).eval()
+    size, layout = config.train.image_size, config.data.layout(config.train.image_size)
+    # In the `tiles` and `aspect` geometries the file is a per-tile model (the map at the input's size, any size in
+    # `aspect`); the predictor scales, stitches and scores.
+    deployed = DeployedModel(run.model.to(memory_format=torch.contiguous_format), None if layout else config.train.eval_size).eval()
     out = Path(out) if out else run.run_dir / "model.onnx"
-    images = None
+    batches = None
     if check:  # read the check images first: a missing dataset fails before anything is written
         splits = load_splits(config.data)
-        samples = splits.test or splits.train
-        images = load_images(samples, size).permute(0, 2, 3, 1).numpy()
+        batches = check_batches(splits.test or splits.train, size, layout, batch_size)
+    dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    if isinstance(layout, WholeImage):  # any height and width that are multiples of the coarsest stride
+        m = layout.multiple
+        dims.update({2: m * torch.export.Dim("height", min=1, max=4096), 3: m * torch.export.Dim("width", min=1, max=4096)})
+        example = torch.zeros(2, 3, size, size + m, dtype=torch.uint8)
     with atomic_path(out) as tmp:
         with torch.no_grad(), _quiet_exporter():
-            torch.onnx.export(deployed, (torch.zeros(2, 3, size, size, dtype=torch.uint8),), str(tmp), input_names=["image"],
+            torch.onnx.export(deployed, (example,), str(tmp), input_names=["image"],
                               output_names=["anomaly_map", "score"], opset_version=OPSET, dynamo=True, verbose=False,
                               external_data=False,  # one self-contained file, no weights file beside it
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+                              dynamic_shapes=(dims,))
         model = onnx.load(str(tmp))
         geometry = {"geometry": config.data.geometry, "eval_size": config.train.eval_size, "top_k": config.model.top_k}
-        if tiles is not None:
-            geometry.update(scale=tiles.scale, overlap=tiles.overlap)
+        if isinstance(layout, TileLayout):
+            geometry.update(scale=layout.scale, overlap=layout.overlap)
         metadata = {META_IMAGE_SIZE: str(size), META_THRESHOLDS: json.dumps(load_thresholds(run.run_dir)), META_GEOMETRY: json.dumps(geometry),
                     "pfadseg.version": __version__, "pfadseg.config": dump_yaml(config)}
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
         model.doc_string = "PFADSeg anomaly detector: uint8 RGB image (N,3,H,W) -> anomaly_map (N,1,H,W), score (N,)"
         onnx.save(model, str(tmp))
-        if images is None:
+        if batches is None:
             return ExportReport(out)
-        report = check_parity(tmp, deployed, images, batch_size)
+        report = check_parity(tmp, deployed, batches)
         report.path = out
     return report
 
 
-def check_parity(path: Path, deployed: DeployedModel, images: np.ndarray, batch_size: int) -> ExportReport:
-    """Run the ONNX file and the PyTorch model (fp32) on the same images; raise if they disagree."""
+def check_batches(samples: list[Sample], size: int, layout: Layout | None, batch_size: int) -> list[np.ndarray]:
+    """The parity check's inputs, RGB uint8 (B, H, W, 3): the images at the trained size (`square`, `tiles`: a tile's
+    size), or each image alone at its own scaled size (`aspect`)."""
+    if isinstance(layout, WholeImage):
+        return [layout.tiles(image, layout.boxes(*image.shape[:2])) for image in load_scaled_images(samples, layout)]
+    images = load_images(samples, size).permute(0, 2, 3, 1).numpy()
+    return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+
+
+def check_parity(path: Path, deployed: DeployedModel, batches: list[np.ndarray]) -> ExportReport:
+    """Run the ONNX file and the PyTorch model (fp32) on the same batches; raise if they disagree."""
 
     @torch.no_grad()
     def torch_fn(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = deployed(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous())
         return maps[:, 0].numpy(), scores.numpy()
 
-    ref_maps, ref_scores, torch_speed = _timed_batches(torch_fn, images, batch_size)
-    maps, scores, onnx_speed = _timed_batches(OnnxBackend(path), images, batch_size)
-    report = ExportReport(path, len(images), float(np.abs(maps - ref_maps).max()), float(np.abs(scores - ref_scores).max()),
-                          onnx_speed, torch_speed)
+    ref_maps, ref_scores, torch_speed = _timed_batches(torch_fn, batches)
+    maps, scores, onnx_speed = _timed_batches(OnnxBackend(path), batches)
+    map_difference = max(float(np.abs(m - r).max()) for m, r in zip(maps, ref_maps))
+    report = ExportReport(path, len(scores), map_difference, float(np.abs(scores - ref_scores).max()), onnx_speed, torch_speed)
     if report.max_map_difference > MAP_TOLERANCE or report.max_score_difference > SCORE_TOLERANCE:
         raise PfadsegError(f"{path.name}: the ONNX model disagrees with PyTorch (max |Δmap| {report.max_map_difference:.2e}, "
                            f"max |Δscore| {report.max_score_difference:.2e}); nothing was written")

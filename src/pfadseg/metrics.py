@@ -230,6 +230,16 @@ def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
     return np.concatenate(([0.0], sweep.fps / n_neg)), np.concatenate(([0.0], sweep.tps / n_pos))
 
 
+def auroc_by_type(scores: ArrayLike, labels: ArrayLike, types: list[str]) -> dict[str, float]:
+    """Image AUROC of each defect type's images against all good ones (label 0), by type name, in name order."""
+    scores_arr, labels_arr = _as_scores(scores, "scores").ravel(), _as_binary(labels, "labels").ravel()
+    good = ~labels_arr
+    kinds = np.array(types)
+    return {kind: auroc(np.concatenate([scores_arr[good], scores_arr[kinds == kind]]),
+                        np.concatenate([np.zeros(good.sum(), bool), np.ones((kinds == kind).sum(), bool)]))
+            for kind in sorted(set(kinds[labels_arr]))}
+
+
 def pr_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(recall, precision, threshold) at every distinct threshold, highest first: the points :func:`average_precision` sums.
 

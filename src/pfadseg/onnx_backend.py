@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pfadseg.data.tiling import TileLayout
+from pfadseg.data.tiling import TileLayout, WholeImage
 from pfadseg.errors import PfadsegError
 
 #: Metadata keys ``pfadseg export`` writes into the ONNX file.
@@ -41,8 +41,9 @@ class OnnxBackend:
             self.thresholds = {"image": float(stored["image"]), "pixel": float(stored["pixel"]), "precision": stored.get("precision")}
             geometry = json.loads(meta.get(META_GEOMETRY, "{}"))  # absent in files exported before tiles existed: square
             self.eval_size, self.top_k = int(geometry.get("eval_size", self.image_size)), int(geometry.get("top_k", 100))
-            self.tiles = (TileLayout(self.image_size, float(geometry["scale"]), float(geometry["overlap"]))
-                          if geometry.get("geometry") == "tiles" else None)
+            kind = geometry.get("geometry", "square")
+            self.layout = (TileLayout(self.image_size, float(geometry["scale"]), float(geometry["overlap"])) if kind == "tiles"
+                           else WholeImage(self.image_size) if kind == "aspect" else None)
         except (KeyError, ValueError, TypeError) as err:
             raise PfadsegError(f"{path}: not a pfadseg export (metadata {err} missing or unreadable)") from None
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pfadseg.data.images import find_images, read_image, resize_image, resize_map
-from pfadseg.data.tiling import TileLayout, stitch_tiles, stitched_scores
+from pfadseg.data.tiling import Layout, TileLayout, stitch_tiles, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.progress import Progress, progress_bar
@@ -55,8 +55,8 @@ class Backend(Protocol):
     """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,).
 
     ``precision``: what the scores are computed in; ``thresholds``: image and pixel thresholds, and the
-    precision of the scores they were set on (None: unknown). ``tiles``: the `tiles` geometry's layout (the
-    batches are then tiles, whose maps the predictor stitches and scores as evaluation does, at ``eval_size``²
+    precision of the scores they were set on (None: unknown). ``layout``: the `tiles` or `aspect` geometry's (the
+    batches are then tiles, or one whole scaled image, whose maps the predictor stitches and scores as evaluation does, at ``eval_size``²
     with ``top_k``), or None.
     """
 
@@ -64,7 +64,7 @@ class Backend(Protocol):
     image_size: int
     precision: str
     thresholds: dict[str, Any]
-    tiles: TileLayout | None
+    layout: Layout | None
     eval_size: int
     top_k: int
 
@@ -105,24 +105,27 @@ class Predictor:
         self.backend = backend
         self.thresholds = backend.thresholds
         self.batch_size = batch_size  # tiles per forward pass in the `tiles` geometry
-        self.tiles_run = 0  # tiles through the model so far (the `tiles` geometry)
+        self.tiles_run = 0  # tiles through the model so far (in the `tiles` geometry)
 
     def predict_arrays(self, images: list[np.ndarray], paths: list[Path]) -> list[Prediction]:
-        """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size, or each image's tiles."""
-        if self.backend.tiles is not None:
-            return [self._predict_tiles(image, path) for image, path in zip(images, paths)]
+        """RGB uint8 arrays (any sizes) → predictions; one batched forward pass at the training size, or each image's tiles
+        (its one whole scaled input in `aspect`)."""
+        if self.backend.layout is not None:
+            return [self._predict_layout(image, path) for image, path in zip(images, paths)]
         size = self.backend.image_size
         maps, scores = self.backend(np.stack([resize_image(a, size) for a in images]))
         return [Prediction(path, resize_map(m, image.shape[:2]), float(score), float(score) >= self.thresholds["image"])
                 for image, path, m, score in zip(images, paths, maps, scores)]
 
-    def _predict_tiles(self, image: np.ndarray, path: Path) -> Prediction:
-        """One image in the `tiles` geometry: its tiles in batches, stitched, scored at the evaluation size (as ``pfadseg test``)."""
-        backend, tiles = self.backend, self.backend.tiles
+    def _predict_layout(self, image: np.ndarray, path: Path) -> Prediction:
+        """One image in the `tiles` or `aspect` geometry: scaled, its tiles in batches, stitched, scored at the evaluation
+        size (as ``pfadseg test``)."""
+        backend, layout = self.backend, self.backend.layout
         height, width = image.shape[:2]
-        scaled = resize_image(image, tiles.scaled_size(height, width))
-        stitched = stitch_tiles(scaled, tiles, lambda batch: backend(batch)[0][:, None], self.batch_size)
-        self.tiles_run += len(tiles.boxes(*scaled.shape[:2]))
+        scaled = resize_image(image, layout.scaled_size(height, width))
+        stitched = stitch_tiles(scaled, layout, lambda batch: backend(batch)[0][:, None], self.batch_size)
+        if isinstance(layout, TileLayout):
+            self.tiles_run += len(layout.boxes(*scaled.shape[:2]))
         score = float(stitched_scores(stitched, backend.eval_size, backend.top_k)[0])
         return Prediction(path, resize_map(stitched[0], (height, width)), score, score >= self.thresholds["image"])
 

@@ -141,7 +141,8 @@ def describe_run(summary: dict[str, Any]) -> str:
              f"  training   {t['image_size']}², batch {t['batch_size']}, {t['student_steps']} + {t['segmentation_steps']} steps, "
              f"lr {t['lr_student']} / {t['lr_seg_blocks']} / {t['lr_seg_head']} ({t['lr_schedule']}), {t['precision']}, seed {summary['seed']}",
              f"  data       {summary['data']['root']} ({summary['data']['format']}, category {summary['data']['category'] or '-'}), "
-             + ("square inputs" if summary["data"]["geometry"] == "square" else f"tiles of the images scaled by {summary['data']['tile_scale']:g}")]
+             + {"square": "square inputs", "aspect": "whole images at their aspect",
+                "tiles": f"tiles of the images scaled by {summary['data']['tile_scale']:g}"}[summary["data"]["geometry"]]]
     if summary["memory_bank"]:
         bank = summary["memory_bank"]
         lines.append(f"  bank       {bank['patches']:,d} patches ({bank['megabytes']:.1f} MB); output: the {bank['output']} map")

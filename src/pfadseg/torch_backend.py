@@ -24,9 +24,9 @@ class TorchBackend:
         self.run = load_run(run_dir, device, precision)
         config = self.run.config
         self.image_size, self.eval_size, self.top_k = config.train.image_size, config.train.eval_size, config.model.top_k
-        self.tiles = config.data.tile_layout(self.image_size)
-        # A tile's map is wanted at the tile's own size, for stitching; a whole image's at the evaluation size.
-        self.deployed = DeployedModel(self.run.model, self.eval_size if self.tiles is None else self.image_size).eval()
+        self.layout = config.data.layout(self.image_size)
+        # A tile's map is wanted at the tile's own size, for stitching; a squared image's at the evaluation size.
+        self.deployed = DeployedModel(self.run.model, self.eval_size if self.layout is None else None).eval()
         self.forward = self.deployed if compile_batch is None else compile_fixed_batch(self.deployed, compile_batch)
         self.name = f"pytorch {precision}" + (", compiled" if compile_batch is not None else "")
 

@@ -54,7 +54,7 @@ from pfadseg.data.images import (
     normalise_extensions,
     parallel_map,
 )
-from pfadseg.data.tiling import TileLayout
+from pfadseg.data.tiling import Layout, TileLayout, WholeImage
 from pfadseg.errors import PfadsegError
 
 
@@ -439,8 +439,10 @@ class DataConfig:
     brightness: float = 0.0  # normal-image brightness jitter: scale by U(1 - b, 1 + b); 0 = off (as published)
     # How images enter the network: `square` squashes each to the training size (both papers' protocol); `tiles`
     # resizes each by tile_scale (1: native pixels), keeps its aspect and cuts it into overlapping tiles of the
-    # training size: random tiles in training, all of them, stitched, in inference (data/tiling.py).
-    geometry: Literal["square", "tiles"] = "square"
+    # training size: random tiles in training, all of them, stitched, in inference; `aspect` resizes each so that its
+    # shorter side is the training size, keeps its aspect (sides rounded to multiples of 32) and feeds the whole image,
+    # training batches grouped by size (data/tiling.py).
+    geometry: Literal["square", "tiles", "aspect"] = "square"
     tile_scale: float = 1.0
     tile_overlap: float = 0.25  # fraction of a tile that neighbouring inference tiles share
 
@@ -450,9 +452,11 @@ class DataConfig:
         if self.geometry == "tiles":
             TileLayout(1, self.tile_scale, self.tile_overlap)  # checks the two values
 
-    def tile_layout(self, image_size: int) -> TileLayout | None:
-        """The tiles of the `tiles` geometry for a network input of ``image_size``; None for `square`."""
-        return TileLayout(image_size, self.tile_scale, self.tile_overlap) if self.geometry == "tiles" else None
+    def layout(self, image_size: int) -> Layout | None:
+        """How the `tiles` or `aspect` geometry makes network inputs of ``image_size``; None for `square`."""
+        if self.geometry == "tiles":
+            return TileLayout(image_size, self.tile_scale, self.tile_overlap)
+        return WholeImage(image_size) if self.geometry == "aspect" else None
 
 
 
@@ -503,9 +507,9 @@ def load_images(
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_scaled_images(samples: Iterable[Sample], layout: TileLayout, cache: ImageCache | None = None,
+def load_scaled_images(samples: Iterable[Sample], layout: Layout, cache: ImageCache | None = None,
                        workers: int | None = None) -> list[np.ndarray]:
-    """Images of ``samples`` as RGB uint8 arrays (H, W, 3) at the size ``layout`` tiles them at (aspect kept)."""
+    """Images of ``samples`` as RGB uint8 arrays (H, W, 3) at the size ``layout`` scales them to (aspect kept)."""
     cache = cache if cache is not None else ImageCache(enabled=False)
 
     def read(path: Path) -> np.ndarray:

@@ -180,7 +180,7 @@ class AnomalySynthesizer:
     """Turn a batch of normal images into synthetic anomalies with their masks.
 
     ``textures`` is a ``uint8`` (or float in [0, 1]) tensor ``(T, 3, S, S)`` of anomaly sources
-    (:mod:`pfadseg.data.textures`). Resized float copies are cached per image size and device.
+    (:mod:`pfadseg.data.textures`). A float copy is cached per device.
     """
 
     def __init__(self, textures: torch.Tensor, config: SynthesisConfig | None = None) -> None:
@@ -188,22 +188,25 @@ class AnomalySynthesizer:
             raise ValueError(f"textures must be (T, 3, S, S) with T > 0, got {tuple(textures.shape)}")
         self.textures = textures
         self.config = config or SynthesisConfig()
-        self._resized: dict[tuple, torch.Tensor] = {}
+        self._float: dict[tuple, torch.Tensor] = {}  # the textures as floats, for one device and dtype
 
-    def textures_for(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Float textures in [0, 1] at ``(height, width)`` on ``device`` (cached)."""
-        key = (height, width, str(device), dtype)
-        cached = self._resized.get(key)
-        if cached is None:
-            tex = self.textures.to(device)
-            tex = tex.float() / 255.0 if not tex.is_floating_point() else tex.float()
-            if tex.shape[-2:] != (height, width):
-                tex = F.interpolate(tex, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-                tex = tex.clamp(0.0, 1.0)
-            tex = tex.to(dtype)
-            self._resized = {key: tex}  # keep one size: training uses one
-            cached = tex
-        return cached
+    def _textures(self, index: torch.Tensor, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The drawn textures as floats in [0, 1] at ``(height, width)``: from a cached float copy when that is the
+        textures' own size (square and tiled training), else only the drawn ones resized (`aspect` batches vary in size)."""
+        if (height, width) != tuple(self.textures.shape[-2:]):
+            return self._as_float(self.textures[index.to(self.textures.device)].to(device), height, width, dtype)
+        key = (str(device), dtype)
+        if key not in self._float:
+            self._float = {key: self._as_float(self.textures.to(device), height, width, dtype)}
+        return self._float[key][index]
+
+    @staticmethod
+    def _as_float(tex: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """Textures as floats in [0, 1] resized (antialiased bilinear) to ``(height, width)``."""
+        tex = tex.float() / 255.0 if not tex.is_floating_point() else tex.float()
+        if tex.shape[-2:] != (height, width):
+            tex = F.interpolate(tex, size=(height, width), mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0)
+        return tex.to(dtype)
 
     def synthesize(self, images: torch.Tensor, generator: torch.Generator | None = None) -> SynthesisResult:
         """Synthesise anomalies on float images ``(B, 3, H, W)`` in [0, 1]; see the module docstring."""
@@ -239,7 +242,7 @@ class AnomalySynthesizer:
         mask &= applied.to(device)[:, None, None, None]
         mask_f = mask.to(dtype)
 
-        texture = self.textures_for(h, w, device, dtype)[tex_index.to(device)]
+        texture = self._textures(tex_index.to(device), h, w, device, dtype)
         if cfg.texture_augmentation:
             texture = random_augment(texture, generator)
         if cfg.grey_on_grey:

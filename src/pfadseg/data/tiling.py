@@ -1,8 +1,10 @@
-"""The `tiles` input geometry: images scaled once, cut into overlapping square tiles, and the tiles' maps stitched back.
+"""Input layouts of the `tiles` and `aspect` geometries: how an image is scaled and cut into the network's inputs, and
+how their maps are put back together.
 
-The network always sees tiles of its training size, so the blocks that pool over the whole input (AFF, PCAR's grid
-pools, RCM, ASPP) see the same extent in training and inference; nothing is squashed or padded. NumPy only: the
-ONNX prediction path tiles and stitches with this same code (docs/design.md, "Input geometry").
+`tiles`: images scaled once, cut into overlapping square tiles of the training size, the tiles' maps stitched back.
+`aspect`: the whole image scaled, its aspect kept, as one input. Either way the blocks that pool over the whole input
+(AFF, PCAR's grid pools, RCM, ASPP) see the same extent in training and inference; nothing is squashed or padded.
+NumPy only: the ONNX prediction path scales, tiles and stitches with this same code (docs/design.md, "Input geometry").
 """
 
 from __future__ import annotations
@@ -63,6 +65,37 @@ class TileLayout:
         return np.stack([image[top : top + self.size, left : left + self.size] for top, left in boxes])
 
 
+@dataclass(frozen=True)
+class WholeImage:
+    """The `aspect` geometry as a layout: the image scaled so that its shorter side is ``size``, both sides rounded to
+    a multiple of ``multiple`` (the network's coarsest stride), and one tile that is the whole scaled image."""
+
+    size: int
+    multiple: int = 32
+
+    def __post_init__(self) -> None:
+        if self.size < 2 * self.multiple:  # one-cell-wide coarse maps: oneDNN's bf16 channels_last convs return NaN there
+            raise ValueError(f"the aspect geometry needs an image size of at least {2 * self.multiple} (two cells of the "
+                             f"network's 1/{self.multiple} grid on the shorter side), got {self.size}")
+
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """The network's input size for an image of ``height × width``."""
+        scale = self.size / min(height, width)
+        return tuple(max(self.multiple, round(side * scale / self.multiple) * self.multiple) for side in (height, width))
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """One tile at the origin: the whole image."""
+        return [(0, 0)]
+
+    def tiles(self, image: np.ndarray, boxes: list[tuple[int, int]]) -> np.ndarray:
+        """The image itself as a batch of one (1, H, W, 3): a new, writable array, as :meth:`TileLayout.tiles` gives."""
+        return image[None].copy()
+
+
+#: How the `tiles` and `aspect` geometries turn an image into network inputs.
+Layout = TileLayout | WholeImage
+
+
 class Stitcher:
     """Accumulates tiles' maps (..., size, size) into one (..., H, W) map, each pixel the window-weighted mean of its tiles."""
 
@@ -86,13 +119,15 @@ class Stitcher:
         return self.total / self.weight
 
 
-def stitch_tiles(image: np.ndarray, layout: TileLayout, run: Callable[[np.ndarray], np.ndarray], batch_size: int,
+def stitch_tiles(image: np.ndarray, layout: Layout, run: Callable[[np.ndarray], np.ndarray], batch_size: int,
                  channels: int = 1) -> np.ndarray:
-    """Every tile of an RGB uint8 image (H, W, 3) through ``run`` ((n, size, size, 3) uint8 → (n, channels, size, size)
-    maps), ``batch_size`` tiles at a time, stitched into (channels, H, W): the one loop that evaluation (PyTorch) and
-    prediction (PyTorch or ONNX) share."""
+    """Every tile of an RGB uint8 image (H, W, 3) through ``run`` ((n, h, w, 3) uint8 → (n, channels, h, w) maps),
+    ``batch_size`` tiles at a time, stitched into (channels, H, W): the one loop that evaluation (PyTorch) and
+    prediction (PyTorch or ONNX) share. A single tile is the whole image: its map is the result."""
     height, width = image.shape[:2]
     boxes = layout.boxes(height, width)
+    if len(boxes) == 1:
+        return run(layout.tiles(image, boxes))[0]
     stitcher = Stitcher(layout, height, width, channels)
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start : start + batch_size]

@@ -17,11 +17,13 @@ class DeployedModel(nn.Module):
     top-k mean), so this one module serves the PyTorch predictor and the ONNX export alike.
     """
 
-    def __init__(self, model: PFADSeg, eval_size: int) -> None:
+    def __init__(self, model: PFADSeg, eval_size: int | None) -> None:
+        """``eval_size``: the square the map is computed and scored at, None for the input's own size (a tile, or a
+        whole image of the `aspect` geometry, whose map the predictor stitches and scores)."""
         super().__init__()
         self.model = model
         self.eval_size = eval_size
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        anomaly_map, score = self.model(image.float() / 255.0, (self.eval_size, self.eval_size))
+        anomaly_map, score = self.model(image.float() / 255.0, None if self.eval_size is None else (self.eval_size, self.eval_size))
         return F.interpolate(anomaly_map, size=image.shape[-2:], mode="bilinear", align_corners=False), score

@@ -65,12 +65,28 @@ class _GridMean(torch.autograd.Function):
         return out, None
 
 
+def sliced_average_pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """``adaptive_avg_pool2d(x, grid)`` written as slices: cell i of a side n spans [⌊i·n/g⌋, ⌈(i+1)·n/g⌉).
+
+    For ``torch.export`` with symbolic heights and widths (the `aspect` geometry's ONNX file): the exporter
+    specialises adaptive pooling to the traced size, and cells overlap or not depending on the size's parity.
+    Only non-negative integer divisions: ONNX's integer Div truncates, so ``-(-a // b)`` would not be a ceiling.
+    """
+    h, w = x.shape[-2:]
+    rows = [x[..., (i * h) // grid : ((i + 1) * h + grid - 1) // grid, :] for i in range(grid)]
+    cells = [[r[..., (j * w) // grid : ((j + 1) * w + grid - 1) // grid].mean(dim=(-2, -1)) for j in range(grid)] for r in rows]
+    return torch.stack([torch.stack(row, dim=-1) for row in cells], dim=-2)
+
+
 def average_pools(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
     """``adaptive_avg_pool2d(x, s)`` for each size ``s`` (each dividing the largest), in one pass over x.
 
     Where the largest grid tiles x exactly, the coarser pools are taken from the finest one and its
     gradient is written densely (:class:`_GridMean`); otherwise (odd sizes) each pool is PyTorch's.
+    Under ``torch.export`` every pool is :func:`sliced_average_pool`, which holds for any size.
     """
+    if torch.compiler.is_exporting():
+        return [sliced_average_pool(x, s) for s in sizes]
     finest = max(sizes)
     if x.shape[-2] % finest or x.shape[-1] % finest:
         return [F.adaptive_avg_pool2d(x, s) for s in sizes]

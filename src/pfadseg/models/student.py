@@ -11,7 +11,8 @@ from pfadseg.models.pa_block import BlockConfig, PABlock, pa_layer
 
 
 def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+    """⌈a / b⌉ for a ≥ 0 without negative division, which an exported graph (ONNX's truncating Div) gets wrong."""
+    return (a + b - 1) // b
 
 
 class PAResNet18Encoder(nn.Module):

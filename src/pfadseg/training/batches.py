@@ -31,8 +31,33 @@ class RandomTiles:
         return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous().to(self.device)
 
 
+class SizeGroups:
+    """Training images of the `aspect` geometry (RGB uint8 arrays (H, W, 3), their sizes set by the aspect): a batch
+    comes from the images of one size, a size drawn in proportion to its number of images, so nothing is padded."""
+
+    def __init__(self, images: list[np.ndarray], device: torch.device) -> None:
+        self.images = images
+        self.device = device
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.shape[:2], []).append(i)
+        self.groups = [torch.tensor(members) for members in by_size.values()]
+        self.weights = torch.tensor([len(members) for members in self.groups], dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def group(self, generator: torch.Generator) -> torch.Tensor:
+        """The indices of the images of one size, drawn with probability proportional to their number."""
+        return self.groups[int(torch.multinomial(self.weights, 1, generator=generator))]
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 of the images at ``indices`` (all of one size)."""
+        return torch.from_numpy(np.stack([self.images[i] for i in indices.tolist()])).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+
 class BatchMaker:
-    """Draws (clean, synthetic, mask) batches from images cached on the device as uint8 (whole, or as random tiles).
+    """Draws (clean, synthetic, mask) batches from images cached as uint8 (whole, as random tiles, or by size groups).
 
     Two generators make a run reproducible and resumable: ``sampling`` (CPU, the same seed on
     every rank, so data-parallel ranks take disjoint slices of one draw) and ``synthesis`` (on
@@ -41,7 +66,7 @@ class BatchMaker:
 
     def __init__(
         self,
-        images: torch.Tensor | RandomTiles,
+        images: torch.Tensor | RandomTiles | SizeGroups,
         synthesizer: AnomalySynthesizer,
         augmentation: NormalAugmentation,
         batch_size: int,
@@ -63,15 +88,20 @@ class BatchMaker:
         self.synthesis = torch.Generator(device=images.device).manual_seed(seed + 1_000_003 * (rank + 1))
 
     def indices(self) -> torch.Tensor:
-        """This rank's slice of one global batch; without replacement when there are enough images."""
-        n, total = len(self.images), self.batch_size * self.world_size
+        """This rank's slice of one global batch; without replacement when there are enough images (of the drawn size,
+        for :class:`SizeGroups`)."""
+        pool = self.images.group(self.sampling) if isinstance(self.images, SizeGroups) else None
+        n, total = len(self.images) if pool is None else len(pool), self.batch_size * self.world_size
         draw = torch.randperm(n, generator=self.sampling)[:total] if n >= total else torch.randint(n, (total,), generator=self.sampling)
+        draw = draw if pool is None else pool[draw]
         return draw[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """clean (B,3,H,W) in [0,1], synthetic (B,3,H,W), mask (B,1,H,W) in {0,1}."""
         if isinstance(self.images, RandomTiles):  # tile positions come from the sampling generator: resume stays exact
             clean = self.images.take(self.indices(), self.sampling).float().div_(255)
+        elif isinstance(self.images, SizeGroups):
+            clean = self.images.take(self.indices()).float().div_(255)
         else:
             clean = self.images[self.indices().to(self.images.device)].float().div_(255)
         clean = self.augmentation(clean, self.synthesis)

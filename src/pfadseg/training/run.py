@@ -26,7 +26,7 @@ from pfadseg.metrics import pixels
 from pfadseg.models import PFADSeg, build_model
 from pfadseg.rundir import CHECKPOINT_FILE, RUN_INFO_FILE, absolute_paths, check_run_dir, load_run_config, save_model
 from pfadseg.thresholds import THRESHOLDS_FILE
-from pfadseg.training.batches import BatchMaker, RandomTiles
+from pfadseg.training.batches import BatchMaker, RandomTiles, SizeGroups
 from pfadseg.training.distributed import Distributed, init_distributed
 from pfadseg.training.runtime import DECISION_PRECISION, Precision, resolve_device, resolve_precision
 from pfadseg.training.trainer import Trainer
@@ -53,7 +53,7 @@ class RunData:
     """A run's images, decoded before anything is written: a bad file fails first."""
 
     splits: DatasetSplits
-    train_images: Inputs  # square: (N, 3, S, S) uint8 on the device; tiles: RGB arrays at the tiled size
+    train_images: Inputs  # square: (N, 3, S, S) uint8 on the device; tiles, aspect: RGB arrays at their layout's size
     held_out: list[Sample]  # normal training images kept aside to set the OK/NG thresholds
     textures: torch.Tensor
     cache: ImageCache
@@ -68,11 +68,11 @@ def load_run_data(config: RunConfig, device: torch.device, log: Callable[[str], 
     train_samples, held_out = holdout_split(splits.train, config.calibration.holdout, config.seed)
     if held_out:
         log(f"calibration: {len(held_out)} normal training images held out to set the OK/NG thresholds")
-    tiles = config.data.tile_layout(size)
-    images = load_inputs(train_samples, size, tiles, cache)
-    if tiles is None:
+    layout = config.data.layout(size)
+    images = load_inputs(train_samples, size, layout, cache)
+    if layout is None:
         images = images.to(device)
-    load_inputs(held_out + splits.test, size, tiles, cache)
+    load_inputs(held_out + splits.test, size, layout, cache)
     eval_size = config.train.eval_size  # the masks on the grid evaluation will compare them on
     load_eval_masks(splits.test, eval_size, eval_shapes(splits.test, evaluation_geometry(config), eval_size), cache, splits.binarize_at)
     textures = load_texture_source(config.data, size, config.seed).to(device)
@@ -131,6 +131,8 @@ def _trainer(model: PFADSeg, config: RunConfig, data: RunData, precision: Precis
     images = data.train_images
     if config.data.geometry == "tiles":
         images = RandomTiles(images, config.train.image_size, device)
+    elif config.data.geometry == "aspect":
+        images = SizeGroups(images, device)
     batches = BatchMaker(
         images,
         AnomalySynthesizer(data.textures, config.synthesis),
@@ -148,7 +150,8 @@ def _log_plan(config: RunConfig, trainer: Trainer, device: torch.device, log: Ca
     recipe, size = config.train, config.train.image_size
     log(f"training on {device} ({trainer.precision.name}; {trainer.formats.describe()}): "
         f"{recipe.student_steps} student + {recipe.segmentation_steps} segmentation steps, batch {recipe.batch_size}, {size}×{size}"
-        + (f" tiles of the images scaled by {config.data.tile_scale:g}" if config.data.geometry == "tiles" else ""))
+        + {"tiles": f" tiles of the images scaled by {config.data.tile_scale:g}",
+           "aspect": " on the shorter side, the aspect kept (batches grouped by size)"}.get(config.data.geometry, ""))
     if trainer.distributed.enabled:
         log(f"data-parallel over {trainer.distributed.world_size} processes, {trainer.batches.batch_size} images each per step")
 
@@ -165,15 +168,15 @@ def _finish(model: PFADSeg, config: RunConfig, data: RunData, device: torch.devi
     evaluation = None
     recipe = config.train
     precision = DECISION_PRECISION
-    tiles = config.data.tile_layout(recipe.image_size)
+    layout = config.data.layout(recipe.image_size)
     model.to(memory_format=precision.memory_format())
     if config.bank.enabled:  # the trained weights are saved above first: a failure here loses no training
-        held_out_images = load_inputs(data.held_out, recipe.image_size, tiles, data.cache)
+        held_out_images = load_inputs(data.held_out, recipe.image_size, layout, data.cache)
         log(add_memory_bank(model, data.train_images, held_out_images, config, device, progress).summary())
         save_model(model, config, run_dir)
     if data.splits.test:
         evaluation = evaluate(model, data.splits.test, recipe.image_size, recipe.eval_size, precision, device,
-                              recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress, tiles=tiles,
+                              recipe.eval_batch_size, data.splits.binarize_at, data.cache, progress, layout=layout,
                               eval_geometry=evaluation_geometry(config))
     if data.held_out:
         thresholds = calibrate(model, data.held_out, evaluation, config, precision, device, cache=data.cache)
