@@ -1,6 +1,7 @@
 """Input and evaluation geometry: the `tiles` geometry's grid, stitching, area-scaled scores, random training tiles, a
-tiled run end to end (training, bank + fusion, evaluation, prediction through PyTorch and ONNX), and pixel metrics at
-each image's own aspect on images of several sizes."""
+tiled run end to end (training, bank + fusion, evaluation, prediction through PyTorch and ONNX), pixel metrics at
+each image's own aspect on images of several sizes, and the `aspect` geometry (its sizes, batches of one size,
+export-safe pools, synthesis on non-square images, a run end to end)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from conftest import write_tiny_mvtec
 
 from pfadseg.cli import main
-from pfadseg.data.tiling import Stitcher, TileLayout, top_k_score
-from pfadseg.training.batches import RandomTiles
+from pfadseg.data.tiling import Stitcher, TileLayout, WholeImage, top_k_score
+from pfadseg.training.batches import BatchMaker, RandomTiles, SizeGroups
 
 STRIP = (40, 104)  # height, width of the tiled run's images: not square, not a multiple of the tile
 
@@ -142,7 +143,7 @@ def test_onnx_and_pytorch_tile_and_stitch_identically(tiled_run: Path, tmp_path:
     out = tmp_path / "tiled.onnx"
     assert export_onnx(tiled_run, out).images > 0
     onnx_backend = OnnxBackend(out)
-    assert onnx_backend.tiles == TileLayout(32, 1.0, 0.25)
+    assert onnx_backend.layout == TileLayout(32, 1.0, 0.25)
     image = np.random.default_rng(1).integers(0, 256, (90, 250, 3), dtype=np.uint8)  # larger than any training image
     onnx_pred = Predictor(onnx_backend).predict_arrays([image], [Path("x.png")])[0]
     torch_pred = Predictor(TorchBackend(tiled_run)).predict_arrays([image], [Path("x.png")])[0]
@@ -187,3 +188,122 @@ def test_predict_and_info_on_a_tiled_run_say_how_it_tiles(tiled_run: Path, tmp_p
     assert np.load(tmp_path / "out" / f"{image.stem}_map.npy").shape == STRIP  # the native-size map
     assert main(["info", "--run", str(tiled_run)]) == 0
     assert "tiles of the images scaled by 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("height,width", [(48, 96), (96, 48), (500, 1250), (1024, 1024), (333, 100), (7, 3000)])
+def test_aspect_inputs_keep_the_aspect_with_the_shorter_side_at_the_training_size(height, width):
+    h, w = WholeImage(160).scaled_size(height, width)
+    assert h % 32 == 0 and w % 32 == 0
+    assert min(h, w) == 160
+    short, long = sorted((height, width))
+    assert abs(max(h, w) - 160 * long / short) <= 16  # the longer side in proportion, to the nearest multiple of 32
+    assert (h >= w) == (height >= width)
+    with pytest.raises(ValueError, match="at least 64"):
+        WholeImage(32)
+
+
+def test_aspect_batches_come_from_one_size_in_proportion_to_its_images():
+    sizes = [(2, 4)] * 6 + [(4, 2)] * 3 + [(3, 3)] * 1
+    images = [np.full((*size, 3), i, dtype=np.uint8) for i, size in enumerate(sizes)]
+    groups = SizeGroups(images, torch.device("cpu"))
+    maker = BatchMaker(groups, synthesizer=None, augmentation=None, batch_size=4, seed=5)
+    drawn = [maker.indices() for _ in range(3000)]
+    for indices in drawn[:200]:
+        batch = groups.take(indices)
+        assert len({images[i].shape for i in indices.tolist()}) == 1
+        assert torch.equal(batch[:, 0, 0, 0], indices.to(torch.uint8))  # each image is the one its index names
+    shares = np.bincount([sizes.index(images[int(d[0])].shape[:2]) for d in drawn], minlength=10)
+    assert shares[0] / 3000 == pytest.approx(0.6, abs=0.03) and shares[6] / 3000 == pytest.approx(0.3, abs=0.03)
+    again = BatchMaker(groups, synthesizer=None, augmentation=None, batch_size=4, seed=5)
+    assert all(torch.equal(a, again.indices()) for a in drawn[:50])
+
+
+@pytest.mark.parametrize("height,width", [(5, 7), (4, 4), (2, 1), (9, 10)])
+def test_the_pools_written_for_export_equal_adaptive_pooling(height, width):
+    import torch.nn.functional as F
+
+    from pfadseg.models.layers import sliced_average_pool
+
+    x = torch.randn(2, 3, height, width)
+    for grid in (1, 2):
+        torch.testing.assert_close(sliced_average_pool(x, grid), F.adaptive_avg_pool2d(x, grid), rtol=0, atol=1e-6)
+
+
+def test_anomalies_on_non_square_images_use_the_textures_resized_to_the_image():
+    import torch.nn.functional as F
+
+    from pfadseg.data.synthesis import AnomalySynthesizer, SynthesisConfig
+
+    textures = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    resized = F.interpolate(textures.float() / 255, size=(32, 80), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    images = torch.rand(4, 3, 32, 80)
+    config = SynthesisConfig(anomaly_probability=1.0, texture_augmentation=False)
+    ours = AnomalySynthesizer(textures, config).synthesize(images, torch.Generator().manual_seed(2))
+    expected = AnomalySynthesizer(resized, config).synthesize(images, torch.Generator().manual_seed(2))
+    assert ours.masks.sum() > 0
+    torch.testing.assert_close(ours.images, expected.images, rtol=0, atol=1e-6)
+
+
+ASPECT_SIZES = {1: (48, 96), 2: (80, 48)}  # every third training image (by name) wide, the next tall; the rest 48²
+
+
+@pytest.fixture(scope="module")
+def aspect_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debug run in the `aspect` geometry (shorter side 64) on images of three aspects, with a fused memory bank."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("aspect")
+    data = write_tiny_mvtec(root / "data", size=48)
+    for i, path in enumerate(sorted((data / "widget" / "train" / "good").glob("*.png"))):
+        if i % 3:
+            Image.open(path).resize(ASPECT_SIZES[i % 3][::-1]).save(path)
+    for folder in ("test/scratch", "ground_truth/scratch"):  # one defective image and its mask 48 × 96
+        path = next(iter(sorted((data / "widget" / folder).glob("*.png"))))
+        Image.open(path).resize((96, 48), Image.NEAREST).save(path)
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--category", "widget", "--preset", "debug", "--teacher", "efficientnet_lite0",
+                 "--image-size", "64", "--holdout", "0.25", "--out", str(run), "--quiet", "--set", "data.geometry=aspect",
+                 "--set", "bank.enabled=true"]) == 0
+    return run
+
+
+def test_an_aspect_run_scores_whole_images_at_their_aspect_and_predicts_as_it_evaluates(aspect_run: Path, capsys):
+    from PIL import Image
+
+    from pfadseg.evaluate import evaluate_run
+    from pfadseg.predict import Predictor
+    from pfadseg.torch_backend import TorchBackend
+
+    metrics = json.loads((aspect_run / "metrics.json").read_text())
+    assert metrics["output"] == "fused" and set(metrics["image_auroc_by_type"]) == {"scratch"}
+    evaluation = evaluate_run(aspect_run, progress=False)
+    predictor = Predictor(TorchBackend(aspect_run))
+    for sample, anomaly_map, score in zip(evaluation.samples, evaluation.maps, evaluation.scores):
+        native = Image.open(sample.image_path).size[::-1]
+        assert_aspect_with_256_squared_pixels(anomaly_map.shape, native)
+        assert score == pytest.approx(top_k_score(anomaly_map, 100), rel=1e-5)  # the whole image's map, scored per area
+        prediction = predictor.predict_file(sample.image_path)
+        assert prediction.anomaly_map.shape == native and prediction.score == pytest.approx(float(score), abs=1e-5)
+    assert main(["info", "--run", str(aspect_run)]) == 0
+    assert "whole images at their aspect" in capsys.readouterr().out
+
+
+def test_an_aspect_run_exports_one_onnx_file_for_every_image_size(aspect_run: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from pfadseg.export import export_onnx
+    from pfadseg.onnx_backend import OnnxBackend
+    from pfadseg.predict import Predictor
+    from pfadseg.torch_backend import TorchBackend
+
+    out = tmp_path / "aspect.onnx"
+    assert export_onnx(aspect_run, out).images > 0
+    backend = OnnxBackend(out)
+    assert backend.layout == WholeImage(64)
+    rng = np.random.default_rng(4)
+    for shape in ((90, 40), (40, 150), (64, 64)):  # portrait, landscape, square: sizes the run never saw
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        onnx_pred = Predictor(backend).predict_arrays([image], [Path("x.png")])[0]
+        torch_pred = Predictor(TorchBackend(aspect_run)).predict_arrays([image], [Path("x.png")])[0]
+        assert onnx_pred.anomaly_map.shape == shape
+        np.testing.assert_allclose(onnx_pred.anomaly_map, torch_pred.anomaly_map, atol=1e-4)
+        assert onnx_pred.score == pytest.approx(torch_pred.score, abs=1e-5)

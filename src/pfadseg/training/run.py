@@ -149,9 +149,9 @@ def _trainer(model: PFADSeg, config: RunConfig, data: RunData, precision: Precis
 def _log_plan(config: RunConfig, trainer: Trainer, device: torch.device, log: Callable[[str], None]) -> None:
     recipe, size = config.train, config.train.image_size
     log(f"training on {device} ({trainer.precision.name}; {trainer.formats.describe()}): "
-        f"{recipe.student_steps} student + {recipe.segmentation_steps} segmentation steps, batch {recipe.batch_size}, {size}×{size}"
-        + {"tiles": f" tiles of the images scaled by {config.data.tile_scale:g}",
-           "aspect": " on the shorter side, the aspect kept (batches grouped by size)"}.get(config.data.geometry, ""))
+        f"{recipe.student_steps} student + {recipe.segmentation_steps} segmentation steps, batch {recipe.batch_size}, "
+        + {"tiles": f"{size}×{size} tiles of the images scaled by {config.data.tile_scale:g}",
+           "aspect": f"whole images, {size} on the shorter side (batches grouped by size)"}.get(config.data.geometry, f"{size}×{size}"))
     if trainer.distributed.enabled:
         log(f"data-parallel over {trainer.distributed.world_size} processes, {trainer.batches.batch_size} images each per step")
 
