@@ -64,7 +64,7 @@ def test_onnx_predictions_match_pytorch_fp32(exported: Path, trained_run: Path):
     # any batch size: the batch dimension is dynamic
     images = np.zeros((5, 64, 64, 3), np.uint8)
     maps, scores = OnnxBackend(exported)(images)
-    assert maps.shape == (5, 64, 64) and scores.shape == (5,) and maps.dtype == np.float32
+    assert maps.shape == (5, 1, 64, 64) and scores.shape == (5,) and maps.dtype == np.float32
 
 
 def test_onnx_predict_never_imports_torch(exported: Path, trained_run: Path, tmp_path: Path):

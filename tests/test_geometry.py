@@ -107,6 +107,18 @@ def tiled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def assert_scores_follow_the_fusion_rule(evaluation, run_dir: Path) -> None:
+    """Each branch's image score is its own stitched map's top-k mean (100 per 256² pixels), except the fused one's: the
+    segmentation's plus the fusion's score weight times the kNN's, the square geometry's rule."""
+    from pfadseg.rundir import load_run
+
+    weight = load_run(run_dir, "cpu").model.fusion.knn_weight[1].item()
+    top = {name: np.array([top_k_score(m, 100) for m in branch.maps]) for name, branch in evaluation.branches.items()}
+    for name, branch in evaluation.branches.items():
+        expected = top["segmentation"] + weight * top["knn"] if name == "fused" else top[name]
+        assert branch.scores == pytest.approx(expected, rel=1e-5), name
+
+
 def test_a_tiled_run_fuses_and_scores_every_branch_on_stitched_maps(tiled_run: Path):
     from pfadseg.evaluate import evaluate_run
 
@@ -116,8 +128,7 @@ def test_a_tiled_run_fuses_and_scores_every_branch_on_stitched_maps(tiled_run: P
     assert evaluation.maps.shape[1:] == evaluation.masks.shape[1:]
     assert_aspect_with_256_squared_pixels(evaluation.maps.shape[1:], STRIP)
     assert evaluation.metrics == pytest.approx({k: metrics[k] for k in evaluation.metrics})
-    for branch in evaluation.branches.values():  # each score is its own stitched map's top-k mean
-        assert branch.scores == pytest.approx([top_k_score(m, 100) for m in branch.maps], rel=1e-5)
+    assert_scores_follow_the_fusion_rule(evaluation, tiled_run)
 
 
 def test_tiled_prediction_gives_native_maps_and_the_scores_evaluation_gives(tiled_run: Path):
@@ -278,10 +289,10 @@ def test_an_aspect_run_scores_whole_images_at_their_aspect_and_predicts_as_it_ev
     assert metrics["output"] == "fused" and set(metrics["image_auroc_by_type"]) == {"scratch"}
     evaluation = evaluate_run(aspect_run, progress=False)
     predictor = Predictor(TorchBackend(aspect_run))
+    assert_scores_follow_the_fusion_rule(evaluation, aspect_run)  # each whole image's maps, scored per area
     for sample, anomaly_map, score in zip(evaluation.samples, evaluation.maps, evaluation.scores):
         native = Image.open(sample.image_path).size[::-1]
         assert_aspect_with_256_squared_pixels(anomaly_map.shape, native)
-        assert score == pytest.approx(top_k_score(anomaly_map, 100), rel=1e-5)  # the whole image's map, scored per area
         prediction = predictor.predict_file(sample.image_path)
         assert prediction.anomaly_map.shape == native and prediction.score == pytest.approx(float(score), abs=1e-5)
     assert main(["info", "--run", str(aspect_run)]) == 0
@@ -299,6 +310,7 @@ def test_an_aspect_run_exports_one_onnx_file_for_every_image_size(aspect_run: Pa
     assert export_onnx(aspect_run, out).images > 0
     backend = OnnxBackend(out)
     assert backend.layout == WholeImage(64)
+    assert backend.knn_score_weight == pytest.approx(TorchBackend(aspect_run).knn_score_weight)  # the fused score's rule travels
     rng = np.random.default_rng(4)
     for shape in ((90, 40), (40, 150), (64, 64)):  # portrait, landscape, square: sizes the run never saw
         image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)

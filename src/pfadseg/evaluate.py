@@ -14,7 +14,7 @@ import torch
 from pfadseg.config import evaluation_geometry
 from pfadseg.data.datasets import DataConfig, Sample, load_images, load_masks, load_scaled_images, load_splits
 from pfadseg.data.images import ImageCache, native_size, resize_map
-from pfadseg.data.tiling import Layout, aspect_shape, stitch_tiles, stitched_scores
+from pfadseg.data.tiling import Layout, aspect_shape, layout_score, stitch_tiles, stitched_scores
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfadseg.metrics import METRIC_KEYS, auroc_by_type, evaluate_maps
@@ -158,11 +158,12 @@ def _infer_layout(model: PFADSeg, images: list[np.ndarray], layout: Layout, prec
     """:func:`infer` in the `tiles` or `aspect` geometry: one image at a time, its tiles in batches (memory bounded by one
     image; in `aspect`, the image is its one tile).
 
-    Every branch's score is the top-k mean of its stitched map at the image's aspect with S² pixels (the fused
-    one's too: top-k of a sum is not a sum of top-ks, and the ONNX file, a per-tile model, has only the output
-    map to score); the maps are resized to ``shapes`` (default S × S).
+    Every branch's score is the top-k mean of its stitched map at the image's aspect with S² pixels, except the fused
+    one's, which combines the segmentation and kNN scores as the fusion does (:func:`layout_score`); the maps are
+    resized to ``shapes`` (default S × S).
     """
     names, maps, scores = model.branches, [], []
+    fused_parts = [names.index(name) for name in ("fused", "segmentation", "knn")] if model.fusion is not None else None
 
     def run(batch: np.ndarray) -> np.ndarray:  # uint8 tiles → every branch's map at the tile's size
         x = to_device(torch.from_numpy(batch).permute(0, 3, 1, 2), device).float().div_(255)
@@ -174,6 +175,8 @@ def _infer_layout(model: PFADSeg, images: list[np.ndarray], layout: Layout, prec
     for n, image in enumerate(images):
         stitched = stitch_tiles(image, layout, run, batch_size, channels=len(names))
         scores.append(stitched_scores(stitched, output_size, model.config.top_k))
+        if fused_parts is not None:
+            scores[-1][fused_parts[0]] = layout_score(stitched[fused_parts], output_size, model.config.top_k, model.fusion.score_weight)
         shape = (output_size, output_size) if shapes is None else shapes[n]
         maps.append([resize_map(channel, shape) for channel in stitched])
         bar.update(1)

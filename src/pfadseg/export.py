@@ -3,8 +3,10 @@
 The file takes ``image``: uint8 RGB ``(N, 3, H, W)`` at the trained size (N dynamic; H and W too, multiples of
 32, in the `aspect` geometry) and gives
 ``anomaly_map``: float32 ``(N, 1, H, W)`` and ``score``: float32 ``(N,)``, the score exactly as
-``pfadseg test`` computes it. The run's image size and OK/NG thresholds travel in the file's
-metadata, so ``pfadseg predict --model FILE.onnx`` needs nothing else.
+``pfadseg test`` computes it. In the `tiles` and `aspect` geometries the file is a per-tile model whose
+maps the predictor stitches and scores; a fused model's ``anomaly_map`` then has 3 channels (the fused
+map, then the segmentation and kNN maps the image score combines). The run's image size, geometry and
+OK/NG thresholds travel in the file's metadata, so ``pfadseg predict --model FILE.onnx`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -126,11 +128,13 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, check: bo
         geometry = {"geometry": config.data.geometry, "eval_size": config.train.eval_size, "top_k": config.model.top_k}
         if isinstance(layout, TileLayout):
             geometry.update(scale=layout.scale, overlap=layout.overlap)
+        if layout is not None and run.model.fusion is not None:
+            geometry.update(knn_score_weight=run.model.fusion.score_weight)
         metadata = {META_IMAGE_SIZE: str(size), META_THRESHOLDS: json.dumps(load_thresholds(run.run_dir)), META_GEOMETRY: json.dumps(geometry),
                     "pfadseg.version": __version__, "pfadseg.config": dump_yaml(config)}
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
-        model.doc_string = "PFADSeg anomaly detector: uint8 RGB image (N,3,H,W) -> anomaly_map (N,1,H,W), score (N,)"
+        model.doc_string = "PFADSeg anomaly detector: uint8 RGB image (N,3,H,W) -> anomaly_map (N,C,H,W), score (N,); C: see pfadseg.geometry"
         onnx.save(model, str(tmp))
         if batches is None:
             return ExportReport(out)
@@ -154,7 +158,7 @@ def check_parity(path: Path, deployed: DeployedModel, batches: list[np.ndarray])
     @torch.no_grad()
     def torch_fn(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = deployed(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous())
-        return maps[:, 0].numpy(), scores.numpy()
+        return maps.numpy(), scores.numpy()
 
     ref_maps, ref_scores, torch_speed = _timed_batches(torch_fn, batches)
     maps, scores, onnx_speed = _timed_batches(OnnxBackend(path), batches)

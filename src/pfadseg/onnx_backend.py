@@ -13,7 +13,7 @@ from pfadseg.errors import PfadsegError
 #: Metadata keys ``pfadseg export`` writes into the ONNX file.
 META_IMAGE_SIZE = "pfadseg.image_size"
 META_THRESHOLDS = "pfadseg.thresholds"
-META_GEOMETRY = "pfadseg.geometry"  # JSON: eval_size, top_k, and for the `tiles` geometry its scale and overlap
+META_GEOMETRY = "pfadseg.geometry"  # JSON: eval_size, top_k; for `tiles` its scale and overlap; a layout's fused model its knn_score_weight
 
 
 class OnnxBackend:
@@ -44,10 +44,12 @@ class OnnxBackend:
             kind = geometry.get("geometry", "square")
             self.layout = (TileLayout(self.image_size, float(geometry["scale"]), float(geometry["overlap"])) if kind == "tiles"
                            else WholeImage(self.image_size) if kind == "aspect" else None)
+            weight = geometry.get("knn_score_weight")  # a fused model in a layout: its maps carry the branches to score
+            self.knn_score_weight = None if weight is None else float(weight)
         except (KeyError, ValueError, TypeError) as err:
             raise PfadsegError(f"{path}: not a pfadseg export (metadata {err} missing or unreadable)") from None
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, H, W, 3) uint8 → maps (N, H, W) float32 at the trained size and scores (N,)."""
+        """(N, H, W, 3) uint8 → maps (N, C, H, W) float32 at the trained size and scores (N,) (see ``Backend``)."""
         maps, scores = self.session.run(["anomaly_map", "score"], {"image": np.ascontiguousarray(batch.transpose(0, 3, 1, 2))})
-        return maps[:, 0], scores
+        return maps, scores

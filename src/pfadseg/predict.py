@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pfadseg.data.images import find_images, read_image, resize_image, resize_map
-from pfadseg.data.tiling import Layout, TileLayout, stitch_tiles, stitched_scores
+from pfadseg.data.tiling import Layout, TileLayout, layout_score, stitch_tiles
 from pfadseg.errors import PfadsegError
 from pfadseg.fileio import atomic_path, write_text_atomic
 from pfadseg.progress import Progress, progress_bar
@@ -52,12 +52,13 @@ def collect_inputs(inputs: list[str | Path], out_dir: Path | None = None) -> lis
 
 
 class Backend(Protocol):
-    """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, H, W) float32 and scores (N,).
+    """Runs the model: RGB uint8 batches (N, H, W, 3) at ``image_size`` → maps (N, C, H, W) float32 and scores (N,).
 
     ``precision``: what the scores are computed in; ``thresholds``: image and pixel thresholds, and the
     precision of the scores they were set on (None: unknown). ``layout``: the `tiles` or `aspect` geometry's (the
     batches are then tiles, or one whole scaled image, whose maps the predictor stitches and scores as evaluation does, at ``eval_size``²
-    with ``top_k``), or None.
+    with ``top_k``), or None. ``knn_score_weight``: for a fused model in a layout, the fusion's weight of the kNN score
+    (its maps then have C = 3 channels, see :class:`~pfadseg.models.deployed.DeployedModel`); else None and C = 1.
     """
 
     name: str
@@ -67,6 +68,7 @@ class Backend(Protocol):
     layout: Layout | None
     eval_size: int
     top_k: int
+    knn_score_weight: float | None
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -114,7 +116,7 @@ class Predictor:
             return [self._predict_layout(image, path) for image, path in zip(images, paths)]
         size = self.backend.image_size
         maps, scores = self.backend(np.stack([resize_image(a, size) for a in images]))
-        return [Prediction(path, resize_map(m, image.shape[:2]), float(score), float(score) >= self.thresholds["image"])
+        return [Prediction(path, resize_map(m[0], image.shape[:2]), float(score), float(score) >= self.thresholds["image"])
                 for image, path, m, score in zip(images, paths, maps, scores)]
 
     def _predict_layout(self, image: np.ndarray, path: Path) -> Prediction:
@@ -123,10 +125,11 @@ class Predictor:
         backend, layout = self.backend, self.backend.layout
         height, width = image.shape[:2]
         scaled = resize_image(image, layout.scaled_size(height, width))
-        stitched = stitch_tiles(scaled, layout, lambda batch: backend(batch)[0][:, None], self.batch_size)
+        channels = 1 if backend.knn_score_weight is None else 3
+        stitched = stitch_tiles(scaled, layout, lambda batch: backend(batch)[0], self.batch_size, channels)
         if isinstance(layout, TileLayout):
             self.tiles_run += len(layout.boxes(*scaled.shape[:2]))
-        score = float(stitched_scores(stitched, backend.eval_size, backend.top_k)[0])
+        score = layout_score(stitched, backend.eval_size, backend.top_k, backend.knn_score_weight)
         return Prediction(path, resize_map(stitched[0], (height, width)), score, score >= self.thresholds["image"])
 
     def predict_file(self, path: str | Path) -> Prediction:

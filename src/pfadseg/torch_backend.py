@@ -25,6 +25,8 @@ class TorchBackend:
         config = self.run.config
         self.image_size, self.eval_size, self.top_k = config.train.image_size, config.train.eval_size, config.model.top_k
         self.layout = config.data.layout(self.image_size)
+        fusion = self.run.model.fusion
+        self.knn_score_weight = fusion.score_weight if fusion is not None and self.layout is not None else None
         # A tile's map is wanted at the tile's own size, for stitching; a squared image's at the evaluation size.
         self.deployed = DeployedModel(self.run.model, self.eval_size if self.layout is None else None).eval()
         self.forward = self.deployed if compile_batch is None else compile_fixed_batch(self.deployed, compile_batch)
@@ -32,9 +34,9 @@ class TorchBackend:
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, H, W, 3) uint8 → maps (N, H, W) float32 at the trained size and scores (N,)."""
+        """(N, H, W, 3) uint8 → maps (N, C, H, W) float32 at the trained size and scores (N,) (see ``Backend``)."""
         run = self.run
         x = to_device(torch.from_numpy(batch).permute(0, 3, 1, 2), run.device).contiguous(memory_format=run.precision.memory_format())
         with run.precision.autocast(run.device):
             maps, scores = self.forward(x)
-        return maps[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()

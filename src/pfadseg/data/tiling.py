@@ -152,3 +152,13 @@ def stitched_scores(stitched: np.ndarray, eval_size: int, top_k: int) -> np.ndar
     a score means the same whatever the tile scale or the image's size."""
     shape = aspect_shape(*stitched.shape[1:], eval_size * eval_size)
     return np.array([top_k_score(resize_map(channel, shape), top_k) for channel in stitched], dtype=np.float32)
+
+
+def layout_score(stitched: np.ndarray, eval_size: int, top_k: int, knn_score_weight: float | None = None) -> float:
+    """One image's score from its stitched maps (channels, H, W): the top-k mean of the output map (channel 0); for a
+    fused model, whose channels are (fused, segmentation, kNN), the segmentation's top-k mean plus ``knn_score_weight``
+    times the kNN's, the fusion's rule for scores (the fused map's own top-k ranks images worse: docs/benchmarks.md)."""
+    if knn_score_weight is None:
+        return float(stitched_scores(stitched[:1], eval_size, top_k)[0])
+    seg, knn = stitched_scores(stitched[1:3], eval_size, top_k)
+    return float(seg + np.float32(knn_score_weight) * knn)

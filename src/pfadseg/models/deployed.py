@@ -10,11 +10,13 @@ from pfadseg.models.pfadseg import PFADSeg
 
 
 class DeployedModel(nn.Module):
-    """uint8 RGB ``(N, 3, H, W)`` at the trained size → map ``(N, 1, H, W)`` float32 and score ``(N,)``.
+    """uint8 RGB ``(N, 3, H, W)`` at the trained size → map ``(N, C, H, W)`` float32 and score ``(N,)``.
 
     Scaling to [0, 1] and the teacher's normalisation happen inside, and map and score are computed
     exactly as ``pfadseg test`` computes them (the output branch at the evaluation size; the score a
-    top-k mean), so this one module serves the PyTorch predictor and the ONNX export alike.
+    top-k mean), so this one module serves the PyTorch predictor and the ONNX export alike. C is 1, except for a
+    fused model's tiles (the `tiles` and `aspect` geometries): 3, the fused map then the segmentation and kNN maps,
+    whose stitched top-k means make the image score (:func:`pfadseg.data.tiling.layout_score`).
     """
 
     def __init__(self, model: PFADSeg, eval_size: int | None) -> None:
@@ -25,5 +27,7 @@ class DeployedModel(nn.Module):
         self.eval_size = eval_size
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        anomaly_map, score = self.model(image.float() / 255.0, None if self.eval_size is None else (self.eval_size, self.eval_size))
+        # Per-tile (eval_size None): a fused model's map carries the segmentation and kNN maps too, for the image score.
+        size = None if self.eval_size is None else (self.eval_size, self.eval_size)
+        anomaly_map, score = self.model(image.float() / 255.0, size, with_parts=self.eval_size is None)
         return F.interpolate(anomaly_map, size=image.shape[-2:], mode="bilinear", align_corners=False), score

@@ -32,6 +32,11 @@ class Fusion(nn.Module):
         score_weight = ratio(*scores) if len(scores[0]) > 1 else map_weight  # one image has no spread of scores
         self.knn_weight.copy_(torch.stack([map_weight, score_weight]).float())
 
+    @property
+    def score_weight(self) -> float:
+        """The kNN score's weight in the image score."""
+        return float(self.knn_weight[1])
+
     def forward(self, seg_map: torch.Tensor, seg_score: torch.Tensor, knn_map: torch.Tensor,
                 knn_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, H, W) maps and (N,) scores of both branches → the fused map and score, float32."""

@@ -104,14 +104,21 @@ class PFADSeg(nn.Module):
         anomaly_map = F.interpolate(p.float(), size=size, mode="bilinear", align_corners=False)
         return anomaly_map, self.image_score(anomaly_map)
 
-    def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: the output branch's anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,)."""
+    def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None,
+                with_parts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: the output branch's anomaly map (N, 1, H, W) at ``output_size`` (default: the input's) and image score (N,).
+
+        ``with_parts``: a fused model's map gets two more channels, the segmentation and kNN maps it adds up, whose
+        top-k means the `tiles` and `aspect` geometries combine into the image score after stitching (as the fusion does).
+        """
         size = tuple(images.shape[-2:]) if output_size is None else output_size
         if self.fusion is None:
             return self.scored_map(self.segment(images), size)
         teacher_feats, student_feats = self.features(images)
         seg = self.scored_map(torch.sigmoid(self.segmentation(segmentation_input(teacher_feats, student_feats))), size)
-        return self.fusion(*seg, *self.knn_scored_map(teacher_feats, size))
+        knn = self.knn_scored_map(teacher_feats, size)
+        fused_map, fused_score = self.fusion(*seg, *knn)
+        return (torch.cat([fused_map, seg[0].float(), knn[0].float()], dim=1) if with_parts else fused_map), fused_score
 
     def knn_scored_map(self, teacher_feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The memory bank's nearest-patch distance map at ``size`` and its image score."""
