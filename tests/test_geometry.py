@@ -310,7 +310,8 @@ def test_an_aspect_run_exports_one_onnx_file_for_every_image_size(aspect_run: Pa
     assert export_onnx(aspect_run, out).images > 0
     backend = OnnxBackend(out)
     assert backend.layout == WholeImage(64)
-    assert backend.knn_score_weight == pytest.approx(TorchBackend(aspect_run).knn_score_weight)  # the fused score's rule travels
+    weight = TorchBackend(aspect_run).knn_score_weight  # the fused score's rule travels in the file
+    assert weight is not None and backend.knn_score_weight == pytest.approx(weight)
     rng = np.random.default_rng(4)
     for shape in ((90, 40), (40, 150), (64, 64)):  # portrait, landscape, square: sizes the run never saw
         image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
