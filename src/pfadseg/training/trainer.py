@@ -26,6 +26,7 @@ from pfadseg.models import PFADSeg
 from pfadseg.models.pfadseg import cosine_distance, segmentation_input
 from pfadseg.progress import progress_bar
 from pfadseg.rundir import CHECKPOINT_FILE, LOG_FILE
+from pfadseg.training.averaging import WeightAverage
 from pfadseg.training.batches import BatchMaker
 from pfadseg.training.distributed import Distributed
 from pfadseg.training.losses import cosine_loss, segmentation_loss
@@ -108,6 +109,8 @@ class Trainer:
             self.segmentation_net = torch.compile(self.segmentation_net)
         self._compile_hint = f"train without it: --set train.compile=false, or compile: false in {run_dir / CONFIG_FILE} and --resume"
         self.optimizers = Optimizers.create(model, config)
+        # The running means of each stage's weights over its last steps (train.average_last).
+        self.averages = {1: WeightAverage(model.student), 2: WeightAverage(model.segmentation)} if config.train.average_last > 0 else {}
         self.step = 0
 
     @property
@@ -116,6 +119,17 @@ class Trainer:
 
     def stage(self, step: int) -> int:
         return 1 if step < self.config.train.student_steps else 2
+
+    def stage_span(self, stage: int) -> tuple[int, int]:
+        """The stage's first step and its number of steps."""
+        recipe = self.config.train
+        return (0, recipe.student_steps) if stage == 1 else (recipe.student_steps, recipe.segmentation_steps)
+
+    def averaged_steps(self, stage: int) -> int:
+        """How many of ``stage``'s steps among the first ``self.step`` fall in its averaging window (its last ``average_last``)."""
+        first, length = self.stage_span(stage)
+        done = min(max(self.step - first, 0), length)
+        return max(0, done - (length - round(self.config.train.average_last * length)))
 
     # ------------------------------------------------------------------ one step of each stage
 
@@ -157,13 +171,24 @@ class Trainer:
         """
         recipe = self.config.train
         stage = self.stage(step)
-        index, length = (step, recipe.student_steps) if stage == 1 else (step - recipe.student_steps, recipe.segmentation_steps)
+        first, length = self.stage_span(stage)
+        index = step - first
         factor = 1.0
         if stage == 2 and recipe.seg_warmup_steps > 0:
             factor = min(1.0, (index + 1) / recipe.seg_warmup_steps)
         if recipe.lr_schedule == "cosine":  # half a cosine from 1 at the stage's first step towards 0 after its last
             factor *= 0.5 * (1.0 + math.cos(math.pi * index / length))
         return factor
+
+    def _average(self, stage: int) -> None:
+        """After a step of ``stage``: fold its weights into the stage's mean when in the window; at the stage's end, keep the mean."""
+        average = self.averages.get(stage)
+        if average is None or self.averaged_steps(stage) == 0:
+            return
+        average.update()
+        first, length = self.stage_span(stage)
+        if self.step == first + length:
+            average.apply()
 
     def _set_rates(self, optimizer: torch.optim.SGD, bases: tuple[float, ...]) -> None:
         factor = self.rate_factor(self.step)
@@ -177,6 +202,8 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self.optimizers.momentum_state(self.model))
         tensors.update({f"rng.{k}": v for k, v in self.batches.rng_state().items()})
+        for stage, average in self.averages.items():
+            tensors.update({f"average{stage}.{k}": v for k, v in average.tensors.items()})
         save_tensors(self.run_dir / CHECKPOINT_FILE, tensors, metadata_json(step=self.step))
 
     def load_checkpoint(self) -> None:
@@ -188,6 +215,13 @@ class Trainer:
         self.batches.set_rng_state({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")})
         with safe_open(str(path), framework="pt") as f:
             self.step = int(json.loads(f.metadata()["step"]))
+        for stage, average in self.averages.items():
+            prefix = f"average{stage}."
+            saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if saved.keys() != average.tensors.keys():
+                raise PfadsegError(f"{path}: the checkpoint holds no weight average for stage {stage}; resume with the "
+                                   f"train.average_last it was started with")
+            average.load(saved, self.averaged_steps(stage))
         self._truncate_log()
 
     def _truncate_log(self) -> None:
@@ -217,6 +251,7 @@ class Trainer:
                         f"{self.run_dir} is kept; try --precision fp32 or lower learning rates (--set train.lr_...)"
                     )
                 self.step += 1
+                self._average(stage)
                 key = "student" if stage == 1 else "segmentation"
                 summary[f"{key}_seconds"] = summary.get(f"{key}_seconds", 0.0) + seconds
                 summary[f"{key}_loss"] = loss
