@@ -185,16 +185,16 @@ def test_cosine_schedule_falls_to_zero_within_each_stage_after_the_warm_up(tiny_
 
 def _averaging_config(**train):
     return merge(preset_config("pfadseg", "debug"), {"model": {"teacher": "efficientnet_lite0"},
-                                                     "train": {"student_steps": 4, "segmentation_steps": 4, "average_last": 0.5, **train}})
+                                                     "train": {"student_steps": 4, "segmentation_steps": 4, "seg_average_last": 0.5, **train}})
 
 
 def _floating_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
 
 
-def test_each_stage_ends_with_the_mean_of_its_last_weights(tiny_trainer, monkeypatch):
-    """average_last 0.5 of 4 steps: the student ends as the mean of its weights after steps 3 and 4, the segmentation net
-    of steps 7 and 8 (BatchNorm statistics included), and stage 2 trains on the averaged student."""
+def test_the_segmentation_net_ends_with_the_mean_of_its_last_weights(tiny_trainer, monkeypatch):
+    """seg_average_last 0.5 of 4 stage-2 steps: the segmentation net ends as the mean of its weights after steps 7 and 8
+    (BatchNorm statistics included); the student keeps its last weights."""
     trainer = tiny_trainer(_averaging_config())
     iterates: list[tuple[dict, dict]] = []
     for name in ("student_step", "segmentation_step"):
@@ -207,46 +207,45 @@ def test_each_stage_ends_with_the_mean_of_its_last_weights(tiny_trainer, monkeyp
 
         monkeypatch.setattr(trainer, name, record)
     trainer.fit(progress=False)
-    for part, module, window in ((0, trainer.model.student, iterates[2:4]), (1, trainer.model.segmentation, iterates[6:8])):
-        final = _floating_state(module)
-        assert any("running_mean" in k for k in final)
-        for key, value in final.items():
-            expected = torch.stack([state[part][key] for state in window]).mean(0)
-            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
-        assert not all(torch.equal(final[k], window[-1][part][k]) for k in final), "the last iterate is not the mean"
-    for key, value in _floating_state(trainer.model.student).items():  # stage 2 saw the averaged student
-        assert torch.equal(iterates[4][0][key], value), key
+    final = _floating_state(trainer.model.segmentation)
+    assert any("running_mean" in k for k in final)
+    for key, value in final.items():
+        expected = torch.stack([seg[key] for _, seg in iterates[6:8]]).mean(0)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+    assert not all(torch.equal(final[k], iterates[7][1][k]) for k in final), "the last iterate is not the mean"
+    for key, value in _floating_state(trainer.model.student).items():
+        assert torch.equal(iterates[3][0][key], value), key
 
 
-@pytest.mark.parametrize("stop_at", [3, 7])
-def test_a_run_resumed_inside_an_averaging_window_ends_as_an_uninterrupted_one(tiny_trainer, monkeypatch, stop_at):
+@pytest.mark.parametrize("stop_at", [5, 7])
+def test_a_run_resumed_before_or_inside_the_averaging_window_ends_as_an_uninterrupted_one(tiny_trainer, monkeypatch, stop_at):
     config = _averaging_config(checkpoint_every=1)
     reference = tiny_trainer(config)
     reference.fit(progress=False)
     expected = {k: v.clone() for k, v in reference.model.state_dict().items()}
 
     interrupted = tiny_trainer(config)
-    step = interrupted.student_step if stop_at < 4 else interrupted.segmentation_step
+    step = interrupted.segmentation_step
 
     def stop_after(step=step):
-        if interrupted.step == stop_at:  # steps 1..stop_at are done and checkpointed; the window has begun
+        if interrupted.step == stop_at:  # steps 1..stop_at are done and checkpointed
             raise KeyboardInterrupt
         return step()
 
-    monkeypatch.setattr(interrupted, "student_step" if stop_at < 4 else "segmentation_step", stop_after)
+    monkeypatch.setattr(interrupted, "segmentation_step", stop_after)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(progress=False)
     resumed = tiny_trainer(config)
     resumed.load_checkpoint()
-    assert resumed.step == stop_at and resumed.averages[1 if stop_at < 4 else 2].count == 1
+    assert resumed.step == stop_at and resumed.average.count == max(0, stop_at - 6)  # the window: steps 7 and 8
     resumed.fit(progress=False)
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
 
 
-def test_average_last_must_be_a_fraction():
-    with pytest.raises(PfadsegError, match="average_last"):
-        merge(preset_config("pfadseg", "demo"), {"train": {"average_last": 1.5}})
+def test_seg_average_last_must_be_a_fraction():
+    with pytest.raises(PfadsegError, match="seg_average_last"):
+        merge(preset_config("pfadseg", "demo"), {"train": {"seg_average_last": 1.5}})
 
 
 def test_a_saturated_segmentation_network_is_reported(tiny_mvtec: Path, tmp_path: Path, monkeypatch, capsys):

@@ -29,7 +29,7 @@ class TrainConfig:
     lr_seg_head: float = 0.01
     seg_warmup_steps: int = 0  # linear learning-rate warm-up over the first stage-2 steps (0: none, as published)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: each stage's rates fall to 0 by its last step
-    average_last: float = 0.0  # each stage keeps the mean of its weights over this fraction of its last steps (0: the last step's, as published)
+    seg_average_last: float = 0.0  # the segmentation net keeps its mean weights over this fraction of the last stage-2 steps (0: the last)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0
@@ -45,8 +45,8 @@ class TrainConfig:
     eval_batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.average_last <= 1.0:
-            raise ValueError(f"average_last is a fraction of each stage's steps, 0 to 1; got {self.average_last}")
+        if not 0.0 <= self.seg_average_last <= 1.0:
+            raise ValueError(f"seg_average_last is a fraction of the stage-2 steps, 0 to 1; got {self.seg_average_last}")
 
 
 @dataclass(frozen=True)

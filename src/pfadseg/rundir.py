@@ -118,7 +118,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
                   "head": config.model.head.kind,
                   "parameters": {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in ("teacher", "student", "segmentation")}},
         "training": {k: getattr(config.train, k) for k in ("image_size", "batch_size", "student_steps", "segmentation_steps", "lr_student",
-                                                            "lr_seg_blocks", "lr_seg_head", "lr_schedule", "average_last", "precision")},
+                                                            "lr_seg_blocks", "lr_seg_head", "lr_schedule", "seg_average_last", "precision")},
         "data": {"root": config.data.root, "category": config.data.category, "format": config.data.format,
                  "geometry": config.data.geometry, "tile_scale": config.data.tile_scale},
         "seed": config.seed,
@@ -140,7 +140,7 @@ def describe_run(summary: dict[str, Any]) -> str:
              f"parameters: {params}",
              f"  training   {t['image_size']}², batch {t['batch_size']}, {t['student_steps']} + {t['segmentation_steps']} steps, "
              f"lr {t['lr_student']} / {t['lr_seg_blocks']} / {t['lr_seg_head']} ({t['lr_schedule']}"
-             + (f", weights averaged over each stage's last {t['average_last']:.0%}" if t["average_last"] else "")
+             + (f", segmentation net averaged over the last {t['seg_average_last']:.0%} of stage 2" if t["seg_average_last"] else "")
              + f"), {t['precision']}, seed {summary['seed']}",
              f"  data       {summary['data']['root']} ({summary['data']['format']}, category {summary['data']['category'] or '-'}), "
              + {"square": "square inputs", "aspect": "whole images at their aspect",

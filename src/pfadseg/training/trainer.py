@@ -109,8 +109,8 @@ class Trainer:
             self.segmentation_net = torch.compile(self.segmentation_net)
         self._compile_hint = f"train without it: --set train.compile=false, or compile: false in {run_dir / CONFIG_FILE} and --resume"
         self.optimizers = Optimizers.create(model, config)
-        # The running means of each stage's weights over its last steps (train.average_last).
-        self.averages = {1: WeightAverage(model.student), 2: WeightAverage(model.segmentation)} if config.train.average_last > 0 else {}
+        # The running mean of the segmentation net's weights over the last stage-2 steps (train.seg_average_last).
+        self.average = WeightAverage(model.segmentation) if config.train.seg_average_last > 0 else None
         self.step = 0
 
     @property
@@ -120,16 +120,12 @@ class Trainer:
     def stage(self, step: int) -> int:
         return 1 if step < self.config.train.student_steps else 2
 
-    def stage_span(self, stage: int) -> tuple[int, int]:
-        """The stage's first step and its number of steps."""
+    @property
+    def averaged_steps(self) -> int:
+        """How many of the first ``self.step`` steps fall in the averaging window (the last ``seg_average_last`` of stage 2)."""
         recipe = self.config.train
-        return (0, recipe.student_steps) if stage == 1 else (recipe.student_steps, recipe.segmentation_steps)
-
-    def averaged_steps(self, stage: int) -> int:
-        """How many of ``stage``'s steps among the first ``self.step`` fall in its averaging window (its last ``average_last``)."""
-        first, length = self.stage_span(stage)
-        done = min(max(self.step - first, 0), length)
-        return max(0, done - (length - round(self.config.train.average_last * length)))
+        window = round(recipe.seg_average_last * recipe.segmentation_steps)
+        return max(0, self.step - (self.total_steps - window))
 
     # ------------------------------------------------------------------ one step of each stage
 
@@ -171,8 +167,7 @@ class Trainer:
         """
         recipe = self.config.train
         stage = self.stage(step)
-        first, length = self.stage_span(stage)
-        index = step - first
+        index, length = (step, recipe.student_steps) if stage == 1 else (step - recipe.student_steps, recipe.segmentation_steps)
         factor = 1.0
         if stage == 2 and recipe.seg_warmup_steps > 0:
             factor = min(1.0, (index + 1) / recipe.seg_warmup_steps)
@@ -180,15 +175,13 @@ class Trainer:
             factor *= 0.5 * (1.0 + math.cos(math.pi * index / length))
         return factor
 
-    def _average(self, stage: int) -> None:
-        """After a step of ``stage``: fold its weights into the stage's mean when in the window; at the stage's end, keep the mean."""
-        average = self.averages.get(stage)
-        if average is None or self.averaged_steps(stage) == 0:
+    def _average(self) -> None:
+        """After a step: fold the segmentation net's weights into the mean when in the window; after the last step, keep the mean."""
+        if self.average is None or self.averaged_steps == 0:
             return
-        average.update()
-        first, length = self.stage_span(stage)
-        if self.step == first + length:
-            average.apply()
+        self.average.update()
+        if self.step == self.total_steps:
+            self.average.apply()
 
     def _set_rates(self, optimizer: torch.optim.SGD, bases: tuple[float, ...]) -> None:
         factor = self.rate_factor(self.step)
@@ -202,8 +195,8 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self.optimizers.momentum_state(self.model))
         tensors.update({f"rng.{k}": v for k, v in self.batches.rng_state().items()})
-        for stage, average in self.averages.items():
-            tensors.update({f"average{stage}.{k}": v for k, v in average.tensors.items()})
+        if self.average is not None:
+            tensors.update({f"average.{k}": v for k, v in self.average.tensors.items()})
         save_tensors(self.run_dir / CHECKPOINT_FILE, tensors, metadata_json(step=self.step))
 
     def load_checkpoint(self) -> None:
@@ -215,13 +208,12 @@ class Trainer:
         self.batches.set_rng_state({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")})
         with safe_open(str(path), framework="pt") as f:
             self.step = int(json.loads(f.metadata()["step"]))
-        for stage, average in self.averages.items():
-            prefix = f"average{stage}."
-            saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            if saved.keys() != average.tensors.keys():
-                raise PfadsegError(f"{path}: the checkpoint holds no weight average for stage {stage}; resume with the "
-                                   f"train.average_last it was started with")
-            average.load(saved, self.averaged_steps(stage))
+        if self.average is not None:
+            saved = {k[len("average."):]: v for k, v in tensors.items() if k.startswith("average.")}
+            if saved.keys() != self.average.tensors.keys():
+                raise PfadsegError(f"{path}: the checkpoint holds no weight average; resume with the train.seg_average_last "
+                                   f"it was started with")
+            self.average.load(saved, self.averaged_steps)
         self._truncate_log()
 
     def _truncate_log(self) -> None:
@@ -251,7 +243,7 @@ class Trainer:
                         f"{self.run_dir} is kept; try --precision fp32 or lower learning rates (--set train.lr_...)"
                     )
                 self.step += 1
-                self._average(stage)
+                self._average()
                 key = "student" if stage == 1 else "segmentation"
                 summary[f"{key}_seconds"] = summary.get(f"{key}_seconds", 0.0) + seconds
                 summary[f"{key}_loss"] = loss
