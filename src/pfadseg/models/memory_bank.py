@@ -19,6 +19,8 @@ from torch import nn
 
 #: Query rows per distance block: bounds the (rows × bank) float32 matrix of the eager search to a few hundred MB.
 QUERY_CHUNK = 4096
+#: Query rows per block of the bf16 shortlist: its (rows × bank) product stays in the CPU's cache for the top-k selection.
+SHORTLIST_CHUNK = 1024
 #: Strides of the teacher's three feature maps, in the order the teacher returns them.
 TEACHER_STRIDES = (4, 8, 16)
 #: Bank rows per query that the bf16 search shortlists for the exact float32 comparison.
@@ -69,9 +71,9 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.
     shortlist = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16 and not exporting
     with torch.autocast(device, enabled=False):
         queries = queries.float()
-        rows = [queries] if exporting else queries.split(QUERY_CHUNK)  # a dynamic batch cannot be split in a traced graph
         if shortlist:
-            return bf16_shortlist(rows, bank)
+            return bf16_shortlist(list(queries.split(SHORTLIST_CHUNK)), bank)
+        rows = [queries] if exporting else queries.split(QUERY_CHUNK)  # a dynamic batch cannot be split in a traced graph
         nearest = torch.cat([torch.addmm(bank_sq, q, bank.t(), alpha=-2).argmin(dim=1) for q in rows])
         return (queries - bank[nearest]).square().sum(dim=1).sqrt()
 
