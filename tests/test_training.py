@@ -243,6 +243,13 @@ def test_a_run_resumed_before_or_inside_the_averaging_window_ends_as_an_uninterr
         assert torch.equal(value, expected[key]), key
 
 
+def test_a_checkpoint_without_the_average_is_refused_when_the_run_averages(tiny_trainer):
+    plain = tiny_trainer(_averaging_config(seg_average_last=0.0))
+    plain.save_checkpoint()
+    with pytest.raises(PfadsegError, match="no weight average"):
+        tiny_trainer(_averaging_config()).load_checkpoint()
+
+
 def test_seg_average_last_must_be_a_fraction():
     with pytest.raises(PfadsegError, match="seg_average_last"):
         merge(preset_config("pfadseg", "demo"), {"train": {"seg_average_last": 1.5}})
