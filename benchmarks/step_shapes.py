@@ -9,7 +9,6 @@ user and system CPU seconds per step beside the wall time, so allocator work sho
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pfadseg.config import preset_config
+from pfadseg.config import merge, preset_config
 from pfadseg.models.pfadseg import build_model
 from pfadseg.training.runtime import resolve_precision
 from pfadseg.training.trainer import Trainer
@@ -45,8 +44,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per case (after one warm-up round)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = preset_config("pfadseg", "cpu30")
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, teacher="efficientnet_lite0"))
+    config = merge(preset_config("pfadseg", "cpu30"), {"model": {"teacher": "efficientnet_lite0"}})
     device = torch.device("cpu")
     precision = resolve_precision("auto", True, device)
     batches = RandomBatches(precision.memory_format())
