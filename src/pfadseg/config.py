@@ -92,8 +92,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Training budgets whose PFADSeg runs fuse a memory bank by default; `paper` and the `destseg` model keep the paper's output.
-BANK_PRESETS = ("fast", "cpu30", "demo")
+#: Training budgets whose PFADSeg runs fuse a memory bank by default, with their bank settings; `paper` and the `destseg`
+#: model keep the paper's output. The demo's small parts at 128² need the 1/4 tap's 32-cell grid (the 1/8 tap's 16 cells
+#: blur small cracks away); Magnetic Tile's textures lose with it, so the general presets keep the 1/8 grid.
+BANK_PRESETS: dict[str, dict[str, Any]] = {"fast": {}, "cpu30": {}, "demo": {"strides": (4, 8, 16)}}
 
 
 def evaluation_geometry(config: RunConfig) -> str:
@@ -105,7 +107,9 @@ def evaluation_geometry(config: RunConfig) -> str:
 
 def default_bank(model_preset: str, train_preset: str) -> BankConfig:
     """The memory-bank setting of a model preset (or benchmark variant) under a training preset."""
-    return BankConfig(enabled=model_preset == "pfadseg" and train_preset in BANK_PRESETS)
+    if model_preset != "pfadseg" or train_preset not in BANK_PRESETS:
+        return BankConfig()
+    return BankConfig(enabled=True, **BANK_PRESETS[train_preset])
 
 
 def preset_config(model_preset: str = "pfadseg", train_preset: str = "paper") -> RunConfig:
