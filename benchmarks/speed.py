@@ -2,7 +2,7 @@
 presets, measured side by side against this machine's own matrix-multiply peak.
 
     python benchmarks/speed.py --out DIR [--presets pfadseg,destseg] [--image-size 256] [--device auto]
-    python benchmarks/speed.py --bank-cost 256,160,128     # only the memory bank's inference cost
+    python benchmarks/speed.py --bank-cost 256,160,128 [--bank-preset demo]   # only the memory bank's inference cost
 
 For each preset: stage-1 and stage-2 training step times at batch 16 (fp32 eager, the reference
 implementations' way; bf16 autocast with the memory format training uses, and contiguous; bf16
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from pfadseg.checkpoint import CONFIG_FILE
-from pfadseg.config import DataConfig, RunConfig, dump_yaml, merge, preset_config
+from pfadseg.config import BANK_PRESETS, DataConfig, RunConfig, default_bank, dump_yaml, merge, preset_config
 from pfadseg.data.augment import augmentation_for_category
 from pfadseg.data.synthesis import AnomalySynthesizer
 from pfadseg.data.textures import load_texture_source
@@ -187,14 +187,15 @@ def peak_rss(model: torch.nn.Module, config: RunConfig) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def random_bank(model: torch.nn.Module, patches: int, device: torch.device) -> tuple[MemoryBank, Fusion]:
-    """A memory bank of ``patches`` random patch features and a fusion for ``model``: the search costs what a real bank's does."""
-    config = BankConfig()
+def random_bank(model: torch.nn.Module, config: BankConfig, device: torch.device) -> tuple[MemoryBank, Fusion]:
+    """A full-size bank (``config.max_size`` random patch features at ``config.strides``) and a fusion for ``model``:
+    the search costs what a real bank's does."""
     dim = sum(model.teacher.channels[TEACHER_STRIDES.index(s)] for s in config.strides)
-    return MemoryBank(torch.randn(patches, dim), config).to(device), Fusion().to(device)
+    return MemoryBank(torch.randn(config.max_size, dim), config).to(device), Fusion().to(device)
 
 
-def bank_cost(sizes: list[int], device: torch.device, rounds: int, log: Callable[[str], None]) -> dict[int, dict[str, float]]:
+def bank_cost(sizes: list[int], bank_config: BankConfig, device: torch.device, rounds: int,
+              log: Callable[[str], None]) -> dict[int, dict[str, float]]:
     """Inference images/s of the pfadseg model at batch 32, bf16 + channels_last, without and with a full-size bank, per input size.
 
     The two are timed in alternation, one batch each per round, so that drifts of the machine's speed
@@ -205,7 +206,7 @@ def bank_cost(sizes: list[int], device: torch.device, rounds: int, log: Callable
     for size in sizes:
         model = build_model(merge(preset_config("pfadseg", "paper"), {"model": {"teacher": TEACHER}}).model).to(device)
         model = model.to(memory_format=bf16.memory_format()).eval()
-        bank, fusion = random_bank(model, BankConfig().max_size, device)
+        bank, fusion = random_bank(model, bank_config, device)
         x = torch.rand(32, 3, size, size, device=device).contiguous(memory_format=bf16.memory_format())
 
         @torch.inference_mode()
@@ -246,7 +247,7 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
             modes.append((f"bf16 + channels_last + memory bank ({BankConfig().max_size} patches)", bf16, False))
         for name, precision, use_compile in modes:
             if "memory bank" in name:
-                model.memory_bank, model.fusion = random_bank(model, BankConfig().max_size, device)
+                model.memory_bank, model.fusion = random_bank(model, BankConfig(), device)
             row = {}
             # Compiling takes minutes per input shape on a 2-core CPU: the compiled model is timed at batch 32 only.
             for batch, repeats in ((32, 3),) if use_compile else ((1, 10), (32, 3)):
@@ -331,6 +332,8 @@ def main() -> int:
     parser.add_argument("--compile", default="pfadseg", help="presets also timed under torch.compile (comma-separated; '' for none)")
     parser.add_argument("--bank-cost", metavar="SIZES", help="only the memory bank's inference cost at these comma-separated "
                         "input sizes (batch 32, bf16), e.g. 256,160,128")
+    parser.add_argument("--bank-preset", default="cpu30", choices=list(BANK_PRESETS),
+                        help="--bank-cost: the training preset whose bank settings are timed (default cpu30)")
     parser.add_argument("--rounds", type=int, default=9, help="--bank-cost: alternating timed rounds per size (default 9)")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -338,7 +341,8 @@ def main() -> int:
         rss_probe(args.rss_probe)
         return 0
     if args.bank_cost:
-        bank_cost([int(v) for v in args.bank_cost.split(",")], resolve_device(args.device), args.rounds, lambda m: print(m, flush=True))
+        bank_cost([int(v) for v in args.bank_cost.split(",")], default_bank("pfadseg", args.bank_preset), resolve_device(args.device),
+                  args.rounds, lambda m: print(m, flush=True))
         return 0
     if args.out is None:
         parser.error("--out is required")
