@@ -209,12 +209,12 @@ def test_product_presets_fuse_by_default_and_the_papers_output_stays_with_paper_
     assert not any(preset_config("destseg", p).bank.enabled for p in ("demo", "fast", "cpu30", "paper"))
 
 
-
 def test_the_demo_bank_searches_the_quarter_grid_the_other_presets_the_eighth_and_a_setting_overrides_both():
     assert preset_config("pfadseg", "demo").bank.strides == (4, 8, 16)
     assert preset_config("pfadseg", "fast").bank.strides == preset_config("pfadseg", "cpu30").bank.strides == (8, 16)
     assert merge(preset_config("pfadseg", "demo"), {"bank": {"strides": [8, 16]}}).bank.strides == (8, 16)
     assert merge(preset_config("pfadseg", "cpu30"), {"bank": {"strides": [4, 8, 16]}}).bank.strides == (4, 8, 16)
+
 
 def test_onnx_export_of_a_fused_run_carries_the_bank_and_matches_pytorch(banked_run: Path, tmp_path: Path):
     pytest.importorskip("onnxruntime")
