@@ -34,8 +34,8 @@ class BankConfig:
     enabled: bool = False  # build a bank after training and fuse its kNN map with the segmentation map
     strides: tuple[int, ...] = (8, 16)  # teacher maps that describe a patch; the finest sets the grid
     fraction: float = 0.1  # share of the training patches the coreset keeps ...
-    max_size: int = 4096  # ... but at most this many: search and build cost grow with it (8,192 measured no better)
-    projection: int = 64  # the coreset selects on a random projection to this many dimensions (faster, nearly the same choice)
+    max_size: int = 8192  # ... but at most this many: the search cost per image grows with the bank
+    projection: int = 32  # the coreset selects on a random projection to this many dimensions (faster, nearly the same choice)
     pool: int = 300_000  # the coreset selects among at most this many random patches (a small pool misses rare normal ones)
     blur_sigma: float = 4.0  # Gaussian blur of the kNN map, in pixels of a 256² map (scaled with the map's size)
 
