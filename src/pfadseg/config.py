@@ -92,10 +92,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Training budgets whose PFADSeg runs fuse a memory bank by default, with their bank settings; `paper` and the `destseg`
-#: model keep the paper's output. The demo's small parts at 128² need the 1/4 tap's 32-cell grid (the 1/8 tap's 16 cells
-#: blur small cracks away); Magnetic Tile's textures lose with it, so the general presets keep the 1/8 grid. The finer
-#: grid has four times the patches to search; 2,048 bank patches keep its cost at the others' share and its metrics.
+#: Training budgets whose PFADSeg runs fuse a memory bank by default, with their bank settings (`paper` and the `destseg`
+#: model keep the paper's output). The demo's small parts at 128² need the finer 1/4 grid, which textures do not want;
+#: its four times as many patches are searched in a smaller bank (docs/design.md §14).
 BANK_PRESETS: dict[str, dict[str, Any]] = {"fast": {}, "cpu30": {}, "demo": {"strides": (4, 8, 16), "max_size": 2048}}
 
 
