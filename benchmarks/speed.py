@@ -243,11 +243,12 @@ def benchmark(presets: list[str], size: int, device: torch.device, compiled: lis
         modes = [("fp32 eager", fp32, False), ("bf16 + channels_last", bf16, False), ("bf16 contiguous", bf16_contiguous, False)]
         if preset in compiled:
             modes.append(("bf16 + channels_last + compile", bf16, True))
+        bank_config = BankConfig()
         if preset == "pfadseg":  # the product presets' fused output: a full-size bank searched for every patch
-            modes.append((f"bf16 + channels_last + memory bank ({BankConfig().max_size} patches)", bf16, False))
+            modes.append((f"bf16 + channels_last + memory bank ({bank_config.max_size} patches)", bf16, False))
         for name, precision, use_compile in modes:
             if "memory bank" in name:
-                model.memory_bank, model.fusion = random_bank(model, BankConfig(), device)
+                model.memory_bank, model.fusion = random_bank(model, bank_config, device)
             row = {}
             # Compiling takes minutes per input shape on a 2-core CPU: the compiled model is timed at batch 32 only.
             for batch, repeats in ((32, 3),) if use_compile else ((1, 10), (32, 3)):
